@@ -1,0 +1,42 @@
+"""The contract every sequential model follows (RecBole's: encode, then full-catalogue scores).
+
+Item ids run 1..n_items; id 0 is padding. Sequences are right-padded: the real items of a row
+sit at positions 0..length-1 and padding follows, so the representation is read at length-1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Score given to the padding column so that it is never ranked nor predicted. Finite (not -inf)
+# so that soft-label losses see probability exactly 0 there without 0 * inf = NaN.
+PADDING_SCORE = -1e4
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: subclasses implement `encode`; scores are tied to the input item embedding."""
+
+    def __init__(self, n_items: int, embedding_size: int):
+        super().__init__()
+        self.n_items = n_items
+        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
+
+    def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """item_seq [B, L] int64 right-padded, lengths [B] int64 >= 1 -> sequence representation [B, H]."""
+        raise NotImplementedError  # abstract: every registered model overrides it
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, H] -> logits [B, n_items + 1] over the full catalogue; column 0 is padding."""
+        logits = hidden @ self.item_embedding.weight.T  # [B, n_items + 1]
+        logits[:, 0] = PADDING_SCORE
+        return logits
+
+    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.scores(self.encode(item_seq, lengths))
+
+
+def gather_last(output: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """output [B, L, H], lengths [B] -> output at each row's last real position [B, H]."""
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, output.size(-1))  # [B, 1, H]
+    return output.gather(1, index).squeeze(1)
