@@ -32,6 +32,10 @@ class SequentialRecommender(nn.Module):
         logits[:, 0] = PADDING_SCORE
         return logits
 
+    def regularization(self) -> torch.Tensor | float:
+        """Extra penalty added to the training loss (NextItNet's L2 on its convolutions); 0 by default."""
+        return 0.0
+
     def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.scores(self.encode(item_seq, lengths))
 
