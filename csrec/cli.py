@@ -1,0 +1,130 @@
+"""The commands of launch.py: each is (add_arguments, run, help). Ray and analysis load lazily."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from csrec.errors import CSRecError
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from csrec.config import METHOD_NAMES
+    from csrec.models import MODELS
+
+    p.add_argument("--data", required=True, help="interaction file: .inter (RecBole), .txt (S3Rec), .csv (CSRec)")
+    p.add_argument("--format", choices=["inter", "txt", "csv"], help="file format (default: from the suffix)")
+    p.add_argument("--model", required=True, help=f"student model: {', '.join(MODELS)}")
+    p.add_argument("--out", required=True, help="folder for config.json, metrics.json, per_user.parquet")
+    d = p.add_argument_group("data protocol")
+    d.add_argument("--protocol", default="windows", choices=["windows", "user_loo"],
+                   help="windows: histories cut into max_len sequences (paper); user_loo: one per user")
+    d.add_argument("--max-len", type=int, default=20, help="sequence length (paper: 20 Last.FM, 10 others)")
+    d.add_argument("--overlap-head", action="store_true",
+                   help="cut windows as the reference code does (head window overlaps the next)")
+    d.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None,
+                   help="mask items already in the input before ranking (default: on for windows)")
+    d.add_argument("--no-exclude-history", dest="exclude_history", action="store_false")
+    d.add_argument("--user-min-count", type=int, default=5, help="k-core: least interactions per user")
+    d.add_argument("--item-min-count", type=int, default=5, help="k-core: least interactions per item")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=100, help="most epochs")
+    t.add_argument("--patience", type=int, default=10, help="epochs without better validation NDCG@10 before stopping")
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    s = p.add_argument_group("soft labels (CSRec)")
+    s.add_argument("--method", default="base", choices=METHOD_NAMES, help="training method")
+    s.add_argument("--beta", type=float, help="weight of the KL term, Eq. 15, in [0, 1]")
+    s.add_argument("--temperature", "-T", type=float, help="soft-label temperature T > 0, Eq. 14")
+    s.add_argument("--alpha", type=float, help="CSRec-T: weight of KL(P_g2 || P_g1), Eq. 12, in [0, 1]")
+    s.add_argument("--m", type=int, default=2, help="number of teachers (CSRec-M, CSRec-D)")
+    s.add_argument("--subsample-ratio", "-p", type=float, default=0.8, help="p of the data-level teachers")
+    s.add_argument("--ensemble", default="mean_logits", choices=["mean_logits", "mean_probs"],
+                   help="mean of teacher logits (paper) or of tempered probabilities (reference code)")
+    s.add_argument("--kl-direction", default="reference", choices=["reference", "paper"],
+                   help="KL(r || P_student) (reference code) or KL(P_student || r) (Eq. 15 as written)")
+    s.add_argument("--no-noise-term", dest="noise_term", action="store_false",
+                   help="CSRec-T without the noise-matrix term (Fig. 7 ablation)")
+    s.add_argument("--noise-parametrization", default="stochastic", choices=["stochastic", "reference"])
+    s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from csrec.config import TeacherSettings
+    from csrec.data import DataConfig
+    from csrec.jobs import MODELS, train_job
+    from csrec.methods import GRID_PARAMS, base_job, dependencies, student_job
+    from csrec.store import Store
+    from csrec.train import TrainConfig
+
+    from csrec.models import MODELS as MODEL_REGISTRY
+
+    if args.model not in MODEL_REGISTRY:
+        raise CSRecError(f"--model {args.model}: unknown model; choose one of {', '.join(MODEL_REGISTRY)}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CSRecError(f"--out {out} exists and is not empty; choose a new folder or remove it")
+    data = DataConfig(path=args.data, format=args.format, protocol=args.protocol, max_len=args.max_len,
+                      overlap_head=args.overlap_head, user_min_count=args.user_min_count,
+                      item_min_count=args.item_min_count, exclude_history=args.exclude_history)
+    if not Path(args.data).is_file():
+        raise CSRecError(f"--data {args.data}: no such file")
+    train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
+                        patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads)
+    settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
+                               kl_direction=args.kl_direction, noise_term=args.noise_term,
+                               noise_parametrization=args.noise_parametrization)
+    params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
+    job = student_job(args.method, base_job(data, args.model, train), params, settings)
+    store = Store(args.store)
+    work = store.root / "work"
+    for teacher in dependencies(job):
+        state = "reused" if store.verify(MODELS, teacher.key) else "training"
+        print(f"teacher {teacher.describe()} [{teacher.key}]: {state}", flush=True)
+        train_job(teacher, store, work)
+    print(f"student {job.describe()} [{job.key}]", flush=True)
+    result = train_job(job, store, work)
+    _write_out(out, job, store, result, vars(args))
+    _print_metrics(result)
+    return 0
+
+
+def _write_out(out: Path, job, store, result: dict, arguments: dict) -> None:
+    """config.json, metrics.json and per_user.parquet, all or nothing (temp folder, then rename)."""
+    from csrec.jobs import MODELS
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        config = {"arguments": arguments, "job": job.config(), "key": job.key,
+                  "data": dataclasses.asdict(job.data), "train": dataclasses.asdict(job.train)}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        metrics = {k: result[k] for k in ("valid", "test", "best_epoch")}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        shutil.copy(store.path(MODELS, job.key) / "per_user.parquet", tmp / "per_user.parquet")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_metrics(result: dict) -> None:
+    print(f"best epoch {result['best_epoch']}")
+    for split in ("valid", "test"):
+        line = "  ".join(f"{k} {v:.4f}" for k, v in sorted(result[split].items()))
+        print(f"{split:5s} {line}")
+
+
+COMMANDS = {
+    "train": (_add_train, _run_train, "train one model (Base or a soft-label method) and evaluate it"),
+}

@@ -1,0 +1,201 @@
+"""Frozen dataclass configs and their strict loading from YAML.
+
+`load_dataclass(cls, raw, where)` builds any (nested) frozen dataclass from plain YAML data and
+refuses an unknown key or a value of the wrong type with a CSRecError that names the key and the
+file. The experiment spec (`ExperimentSpec`) is defined here; the data and training configs live
+next to the code that uses them (csrec.data.DataConfig, csrec.train.TrainConfig).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from csrec.data import DataConfig
+from csrec.errors import CSRecError
+from csrec.train import TrainConfig
+
+
+def load_dataclass(cls, raw: Any, where: str):
+    """Build dataclass `cls` from a mapping; `where` names the file and key path in errors."""
+    if not isinstance(raw, dict):
+        raise CSRecError(f"{where}: expected a mapping of keys to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise CSRecError(f"{where}: unknown key '{unknown[0]}'; valid keys are: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except CSRecError as error:
+        raise CSRecError(f"{where}: {error}") from None
+    except TypeError as error:  # a required key is missing
+        raise CSRecError(f"{where}: {error}".replace("__init__() ", "")) from None
+
+
+def _convert(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, where)
+            except CSRecError as error:
+                errors.append(str(error))
+        raise CSRecError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise CSRecError(f"{where}: '{value}' is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise CSRecError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CSRecError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return load_dataclass(hint, value, where)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise CSRecError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one Ray task or Tune trial holds; gpu may be fractional (e.g. 0.25)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def __post_init__(self):
+        if self.cpu <= 0 or self.gpu < 0:
+            raise CSRecError(f"resources need cpu > 0 and gpu >= 0, got cpu={self.cpu}, gpu={self.gpu}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The student grid of one method (paper 4.1.4). `alpha` matters to csrec-t only (Eq. 12).
+
+    sampler "grid" runs every point (Optuna GridSampler); "tpe" draws `budget` points from the same
+    choices with Optuna's TPE.
+    """
+
+    beta: tuple[float, ...] = (0.25, 0.5, 0.75)
+    temperature: tuple[float, ...] = (1.0, 3.0, 6.0, 9.0)
+    alpha: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sampler: Literal["grid", "tpe"] = "grid"
+    budget: int | None = None
+
+    def __post_init__(self):
+        for name, values, low, high in (("beta", self.beta, 0, 1), ("alpha", self.alpha, 0, 1)):
+            bad = [v for v in values if not low <= v <= high]
+            if bad or not values:
+                raise CSRecError(f"{name} values must lie in [0, 1] (and be at least one), got {list(values)}")
+        if not self.temperature or any(t <= 0 for t in self.temperature):
+            raise CSRecError(f"temperature values must be > 0, got {list(self.temperature)}")
+        if self.sampler == "tpe" and (self.budget is None or self.budget < 1):
+            raise CSRecError("sampler 'tpe' needs a budget >= 1 (the number of trials)")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """How the teacher module is built (paper 3.1-3.2, 4.1.4: m = 2, p = 0.8)."""
+
+    m: int = 2  # number of teachers for csrec-m and csrec-d
+    subsample_ratio: float = 0.8  # p: fraction of sequences each data-level teacher sees
+    ensemble: Literal["mean_logits", "mean_probs"] = "mean_logits"  # paper | reference
+    kl_direction: Literal["reference", "paper"] = "reference"  # KL(r || P_f) | KL(P_f || r)
+    noise_term: bool = True  # csrec-t: the -sum_j log h(i, j) P_g1(j|s) term of Eq. 12 (Fig. 7)
+    noise_parametrization: Literal["stochastic", "reference"] = "stochastic"
+
+    def __post_init__(self):
+        if self.m < 1:
+            raise CSRecError(f"teachers.m must be >= 1, got {self.m}")
+        if not 0 < self.subsample_ratio <= 1:
+            raise CSRecError(f"teachers.subsample_ratio (p) must lie in (0, 1], got {self.subsample_ratio}")
+
+
+METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One YAML file: datasets x models x methods, each method's grid, seeds, resources, storage."""
+
+    name: str
+    storage: str  # experiment directory; made absolute against the current directory
+    datasets: dict[str, DataConfig]
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)  # the search runs on seeds[0]; the best config reruns on all
+    search: dict[str, SearchSpace] = field(default_factory=dict)  # per method; absent = paper grid
+    teachers: TeacherSettings = TeacherSettings()
+    train: TrainConfig = TrainConfig()
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_resources: Resources = Resources()
+    trial_resources: Resources = Resources()
+    max_concurrent_trials: int | None = None  # None = as many as the cluster holds
+
+    def __post_init__(self):
+        from csrec.models import MODELS  # late: keeps `import csrec.config` light
+
+        for name in self.models:
+            if name not in MODELS:
+                raise CSRecError(f"models: unknown model '{name}'; known: {', '.join(MODELS)}")
+        for name in (*self.methods, *self.search):
+            if name not in METHOD_NAMES:
+                raise CSRecError(f"methods: unknown method '{name}'; known: {', '.join(METHOD_NAMES)}")
+        for name in self.model_overrides:
+            if name not in MODELS:
+                raise CSRecError(f"model_overrides: unknown model '{name}'; known: {', '.join(MODELS)}")
+        if not self.datasets or not self.models or not self.methods or not self.seeds:
+            raise CSRecError("datasets, models, methods and seeds must each name at least one entry")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise CSRecError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise CSRecError("max_concurrent_trials must be >= 1 (or left out)")
+
+    def search_space(self, method: str) -> SearchSpace:
+        return self.search.get(method, SearchSpace())
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.storage).expanduser().resolve()
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and check an experiment YAML; data paths are resolved against the spec's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise CSRecError(f"{path}: not valid YAML ({error}); fix the syntax") from None
+    if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
+        for name, data in raw["datasets"].items():
+            if isinstance(data, dict) and isinstance(data.get("path"), str):
+                data_path = Path(data["path"]).expanduser()
+                if not data_path.is_absolute():
+                    data_path = (path.parent / data_path).resolve()
+                if not data_path.is_file():
+                    raise CSRecError(f"{path}: datasets.{name}.path: no file at {data_path}; fix the path")
+                data["path"] = str(data_path)
+    return load_dataclass(ExperimentSpec, raw, str(path))

@@ -1,0 +1,141 @@
+"""Running one training job: data, model, objective, fit, evaluation, artifact in the store.
+
+Shared by every way of running things (the `train` command, the local backend, Ray tasks and Tune
+trials), so a Base model made by one is the same artifact for all. A job's model artifact
+(`store/models/<key>/`) holds model.pt (weights and the resolved model config), config.json,
+result.json (validation and test metrics, best epoch, history) and per_user.parquet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from csrec.data import DataConfig, load_sequence_data
+from csrec.data.protocols import subsample, train_item_counts
+from csrec.data.samples import Samples, SequenceData
+from csrec.data.splits import test_samples, training_samples, validation_samples
+from csrec.evaluate import evaluate
+from csrec.methods import Job
+from csrec.models import build_model, model_config
+from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
+from csrec.store import Store
+from csrec.train import FitResult, fit, resolve_device, seed_everything
+
+MODELS = "models"
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    data: SequenceData
+    train: Samples
+    valid: Samples
+    test: Samples
+
+
+@lru_cache(maxsize=4)
+def _load(data: DataConfig) -> SequenceData:
+    return load_sequence_data(data)
+
+
+def splits_for(job: Job) -> Splits:
+    """The job's data: its training samples (a seeded p-subsample of sequences for data-level
+    teachers), and the full validation and test samples."""
+    data = _load(job.data)
+    chosen = subsample(len(data.sequences), job.subsample_ratio, job.subsample_seed) if job.subsample_ratio < 1 else None
+    return Splits(data, training_samples(data, chosen), validation_samples(data), test_samples(data))
+
+
+def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The trained model of `job` from the store; an error (never an untrained model) if absent."""
+    folder = store.require(MODELS, job.key, f"the trained model for {job.describe()}")
+    saved = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    model = build_model(job.model, saved["n_items"], saved["max_len"], **dict(job.model_overrides))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+def build_objective(job: Job, splits: Splits, store: Store, device) -> torch.nn.Module:
+    """The loss `fit` minimises for this job, with its teachers loaded from the store."""
+    if job.objective == "ce":
+        return CrossEntropy()
+    teachers = [load_model(store, t, device) for t in job.teachers]
+    options = dict(job.options)
+    if job.objective == "training-level":
+        side = FrozenTeachers(teachers, splits.train)
+        return TrainingLevelTeacher(side, splits.data.n_items, job.param("alpha"), options["noise_term"],
+                                    options["noise_parametrization"])
+    beta, temperature = job.param("beta"), job.param("temperature")
+    if job.objective == "softrec":
+        counts = train_item_counts(splits.data)  # training interactions only (never valid/test targets)
+        return SoftLabelStudent(beta, temperature, options["kl_direction"], popularity=popularity_teacher(counts))
+    return SoftLabelStudent(beta, temperature, options["kl_direction"], teacher=FrozenTeachers(teachers, splits.train),
+                            ensemble=options.get("ensemble", "mean_logits"))
+
+
+def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
+    """Train `job` (resuming from work_dir's epoch checkpoint), evaluate, store the artifact.
+
+    Returns the result dict (as in result.json). Nothing is trained if the artifact exists.
+    """
+    if store.verify(MODELS, job.key):
+        return read_result(store, job)
+    device = resolve_device(job.train.device)
+    splits = splits_for(job)
+    seed_everything(job.seed)
+    model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides)).to(device)
+    objective = build_objective(job, splits, store, device).to(device)
+    exclude = job.data.resolved_exclude_history
+
+    def validate(m) -> float:
+        return evaluate(m, splits.valid, exclude, batch_size=job.train.eval_batch_size).metrics()[SELECTION_METRIC]
+
+    checkpoint = Path(work_dir) / job.key / "last.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    fitted = fit(model, splits.train, validate, job.train, objective, checkpoint, on_epoch_end)
+    _store_model(job, store, model, splits, fitted, exclude)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return read_result(store, job)
+
+
+def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool) -> None:
+    valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size)
+    test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size)
+    result = {
+        "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch,
+        "valid": valid.metrics(), "test": test.metrics(),
+        "history": [dataclasses.asdict(r) for r in fitted.history],
+    }
+    users = splits.data.users
+
+    def fill(folder: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "n_items": splits.data.n_items, "max_len": splits.data.max_len,
+                    "model_config": dataclasses.asdict(model_config(job.model, **dict(job.model_overrides)))},
+                   folder / "model.pt")
+        (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
+        frame = pd.concat([valid.to_frame("valid", users), test.to_frame("test", users)], ignore_index=True)
+        frame.to_parquet(folder / "per_user.parquet", index=False)
+
+    store.write(MODELS, job.key, job.config(), fill)
+
+
+def read_result(store: Store, job: Job) -> dict:
+    folder = store.require(MODELS, job.key, f"the result of {job.describe()}")
+    return json.loads((folder / "result.json").read_text())
+
+
+def _json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,172 @@
+"""The methods (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T) as training jobs and their teachers.
+
+Everything that is trained is a `Job`: a Base model, a teacher, a student. A job names the jobs whose
+models it learns from (`teachers`), and its key is the hash of its resolved config, in which a teacher
+appears by its own key. So a teacher is one artifact whichever student needs it: CSRec-M's teachers
+are Base models with other seeds (the Base runs of those seeds), CSRec-T's side teacher is CSRec-D's
+first data-level teacher, and every point of a student grid shares the same teachers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from csrec.config import METHOD_NAMES, TeacherSettings
+from csrec.data import DataConfig
+from csrec.errors import CSRecError
+from csrec.store import config_key
+from csrec.train import TrainConfig
+
+# What each method's student grid varies (paper 4.1.4); alpha weighs CSRec-T's teacher loss (Eq. 12).
+GRID_PARAMS = {
+    "base": (),
+    "softrec": ("beta", "temperature"),
+    "csrec-m": ("beta", "temperature"),
+    "csrec-d": ("beta", "temperature"),
+    "csrec-t": ("alpha", "beta", "temperature"),
+}
+# Train-config fields that change how a job runs but not what it computes.
+_RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to train. `objective` is "ce" (Base, teachers), "training-level" (CSRec-T's main
+    teacher, Eq. 13) or a student method name (soft labels, Eq. 14-15)."""
+
+    data: DataConfig
+    model: str
+    train: TrainConfig
+    objective: str = "ce"
+    params: tuple[tuple[str, float], ...] = ()  # beta, temperature, alpha as used by the objective
+    options: tuple[tuple[str, Any], ...] = ()  # ensemble, kl_direction, noise_term, ... (where used)
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+    subsample_ratio: float = 1.0  # p of Alg. 2-3; 1.0 is the full training data
+    subsample_seed: int = 0
+    teachers: tuple["Job", ...] = ()
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    def param(self, name: str) -> float:
+        return dict(self.params)[name]
+
+    def option(self, name: str) -> Any:
+        return dict(self.options)[name]
+
+    def config(self) -> dict:
+        """The resolved config that identifies the artifact (teachers by key, data by content)."""
+        data = dataclasses.asdict(self.data)
+        data["path"] = data_fingerprint(self.data.path)
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _RUNTIME_FIELDS}
+        config = {
+            "data": data, "model": self.model, "model_overrides": dict(self.model_overrides),
+            "train": train, "objective": self.objective, "params": dict(self.params),
+            "options": dict(self.options), "teachers": [t.key for t in self.teachers],
+        }
+        if self.subsample_ratio < 1.0:
+            config["subsample"] = {"ratio": self.subsample_ratio, "seed": self.subsample_seed}
+        return config
+
+    @property
+    def key(self) -> str:
+        return _job_key(self)
+
+    def describe(self) -> str:
+        params = ", ".join(f"{k}={v:g}" for k, v in self.params)
+        sub = f", p={self.subsample_ratio:g}" if self.subsample_ratio < 1 else ""
+        return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}"
+
+
+@lru_cache(maxsize=None)
+def _job_key(job: Job) -> str:
+    return config_key(job.config())
+
+
+@lru_cache(maxsize=64)
+def data_fingerprint(path: str) -> str:
+    """sha256 of the data file: keys follow the content, not where the file lies."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError as error:
+        raise CSRecError(f"cannot read data file {path} ({error.strerror}); check datasets.*.path") from None
+    return "sha256:" + digest.hexdigest()
+
+
+def check_params(method: str, params: dict[str, float]) -> None:
+    """alpha and beta in [0, 1], temperature > 0, and exactly the method's grid parameters."""
+    if method not in GRID_PARAMS:
+        raise CSRecError(f"unknown method '{method}'; known: {', '.join(METHOD_NAMES)}")
+    missing = [p for p in GRID_PARAMS[method] if p not in params]
+    if missing:
+        raise CSRecError(f"method {method} needs {', '.join(missing)} (give --{missing[0]} or a grid)")
+    for name in ("alpha", "beta"):
+        if name in params and not 0 <= params[name] <= 1:
+            raise CSRecError(f"{name} must lie in [0, 1], got {params[name]}")
+    if "temperature" in params and params["temperature"] <= 0:
+        raise CSRecError(f"temperature T must be > 0, got {params['temperature']}")
+
+
+def base_job(data: DataConfig, model: str, train: TrainConfig, overrides: dict | None = None,
+             subsample_ratio: float = 1.0, subsample_seed: int = 0) -> Job:
+    """A model trained with plain cross entropy (Base; CSRec-M/-D teachers; CSRec-T's side teacher)."""
+    return Job(data=data, model=model, train=train, model_overrides=tuple(sorted((overrides or {}).items())),
+               subsample_ratio=subsample_ratio, subsample_seed=subsample_seed if subsample_ratio < 1 else 0)
+
+
+def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: TeacherSettings) -> tuple[Job, ...]:
+    """The teacher module of `method` for a student like `base` (Alg. 1, 2, 3); SoftRec's
+    popularity teacher is computed from the data and needs no job."""
+    with_seed = lambda seed: dataclasses.replace(base.train, seed=seed)  # noqa: E731
+    if method in ("base", "softrec"):
+        return ()
+    if method == "csrec-m":  # Alg. 1: m seeds, full data
+        return tuple(dataclasses.replace(base, train=with_seed(k)) for k in range(settings.m))
+    data_level = tuple(  # Alg. 2: m seeded p-subsamples
+        dataclasses.replace(base, train=with_seed(k), subsample_ratio=settings.subsample_ratio, subsample_seed=k)
+        for k in range(settings.m if method == "csrec-d" else 1)
+    )
+    if settings.subsample_ratio >= 1:
+        data_level = tuple(dataclasses.replace(t, subsample_ratio=1.0, subsample_seed=0) for t in data_level)
+    if method == "csrec-d":
+        return data_level
+    side = data_level[0]  # Alg. 3: side teacher g2 pretrained with CE on a p-subsample
+    options = (("noise_parametrization", settings.noise_parametrization), ("noise_term", settings.noise_term))
+    main = dataclasses.replace(base, objective="training-level", params=(("alpha", params["alpha"]),),
+                               options=options, teachers=(side,))
+    return (main,)
+
+
+def student_job(method: str, base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
+    """The student of `method` with grid point `params`, learning from its teacher module."""
+    check_params(method, params)
+    if method == "base":
+        return base
+    teachers = teacher_jobs(method, base, params, settings)
+    options = [("kl_direction", settings.kl_direction)]
+    if len(teachers) > 1:
+        options.append(("ensemble", settings.ensemble))
+    used = {k: float(params[k]) for k in ("beta", "temperature")}
+    return dataclasses.replace(base, objective=method, params=tuple(sorted(used.items())),
+                               options=tuple(options), teachers=teachers)
+
+
+def dependencies(job: Job) -> list[Job]:
+    """Every job `job` needs, teachers before the jobs that learn from them, each once."""
+    order: dict[str, Job] = {}
+
+    def visit(node: Job) -> None:
+        for teacher in node.teachers:
+            visit(teacher)
+            order.setdefault(teacher.key, teacher)
+
+    visit(job)
+    return list(order.values())

@@ -1,0 +1,124 @@
+"""Training objectives: what `fit` minimises for a Base model, a student and CSRec-T's main teacher.
+
+An objective is an nn.Module called as `objective(logits [B, N], batch) -> scalar`. The teachers are
+frozen, so everything of theirs that depends only on the training sample is computed once, before
+training: each teacher's sequence representation of every training sample (`FrozenTeachers`). A
+student step then costs the teachers one [B, m*H] x [m*H, N] product instead of m full forward
+passes (the reference code's on-the-fly teachers). Teachers run in eval mode (no dropout), so the
+cached soft labels are exactly what an on-the-fly eval-mode teacher would give.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from csrec import losses
+from csrec.data.samples import Samples
+from csrec.models.base import PADDING_SCORE, SequentialRecommender
+from csrec.teachers import NoiseMatrix, ensemble_probs, popularity_logits
+
+
+class CrossEntropy(nn.Module):
+    """Plain training (Base, and every teacher trained on one-hot labels)."""
+
+    def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        return losses.cross_entropy(logits, batch.targets)
+
+
+@torch.no_grad()
+def encode_samples(model: SequentialRecommender, samples: Samples, batch_size: int = 2048) -> torch.Tensor:
+    """Sequence representation of every sample, in eval mode: [N, H] on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    item_seq = torch.as_tensor(samples.item_seq)
+    lengths = torch.as_tensor(samples.lengths)
+    parts = [
+        model.encode(item_seq[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
+        for i in range(0, len(samples), batch_size)
+    ]
+    return torch.cat(parts)  # [N, H]
+
+
+class FrozenTeachers(nn.Module):
+    """m trained teachers reduced to what a student step needs: cached sample representations and
+    item embeddings. `logits(index)` gives each teacher's logits for training samples `index`."""
+
+    def __init__(self, teachers: list[SequentialRecommender], train: Samples):
+        super().__init__()
+        hidden = torch.stack([encode_samples(t, train).cpu() for t in teachers], dim=1)  # [N, m, H]
+        items = torch.stack([t.item_embedding.weight.detach().cpu() for t in teachers])  # [m, N_items, H]
+        # Not persistent: rebuilt from the teacher artifacts, kept out of the student's checkpoints.
+        self.register_buffer("hidden", hidden, persistent=False)
+        self.register_buffer("items", items, persistent=False)
+
+    @property
+    def m(self) -> int:
+        return self.items.size(0)
+
+    def logits(self, index: torch.Tensor) -> torch.Tensor:
+        """index [B] -> teacher logits [m, B, N_items] (padding column at PADDING_SCORE)."""
+        h = self.hidden[index]  # [B, m, H]
+        z = torch.einsum("bmh,mnh->mbn", h, self.items)  # [m, B, N]
+        z[:, :, 0] = PADDING_SCORE
+        return z
+
+    def mean_logits(self, index: torch.Tensor) -> torch.Tensor:
+        """The paper's ensemble e = mean_k z_k in one product: [B, m*H] x [m*H, N] / m -> [B, N]."""
+        h = self.hidden[index].flatten(1)  # [B, m*H]
+        items = self.items.permute(1, 0, 2).flatten(1)  # [N, m*H]
+        e = h @ items.T / self.m  # [B, N]
+        e[:, 0] = PADDING_SCORE
+        return e
+
+
+class SoftLabelStudent(nn.Module):
+    """The student loss of Eq. 15 against the soft labels of Eq. 14 from a teacher module.
+
+    `teacher` is a FrozenTeachers (CSRec-M, -D, -T) or None with `popularity` logits (SoftRec).
+    """
+
+    def __init__(self, beta: float, temperature: float, kl_direction: str = "reference",
+                 teacher: FrozenTeachers | None = None, popularity: torch.Tensor | None = None,
+                 ensemble: str = "mean_logits", weights: list[float] | None = None):
+        super().__init__()
+        if (teacher is None) == (popularity is None):
+            raise ValueError("give exactly one of teacher and popularity")
+        self.beta, self.temperature, self.kl_direction = beta, temperature, kl_direction
+        self.teacher, self.ensemble, self.weights = teacher, ensemble, weights
+        if popularity is not None:  # the same distribution for every input: computed once
+            probs = torch.softmax(popularity / temperature, dim=-1)  # [N]
+            self.register_buffer("popularity_probs", probs, persistent=False)
+
+    def teacher_probs(self, index: torch.Tensor) -> torch.Tensor:
+        """softmax(e / T) of the teacher module for training samples `index`: [B, N]."""
+        if self.teacher is None:
+            return self.popularity_probs.expand(len(index), -1)
+        if self.teacher.m == 1 or self.ensemble == "mean_logits":
+            return torch.softmax(self.teacher.mean_logits(index) / self.temperature, dim=-1)
+        return ensemble_probs(self.teacher.logits(index), self.temperature, "mean_probs", self.weights)
+
+    def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        soft = losses.soft_label(self.teacher_probs(batch.index), batch.targets)  # [B, N]
+        return losses.student_loss(logits, batch.targets, soft, self.beta, self.kl_direction)
+
+
+class TrainingLevelTeacher(nn.Module):
+    """CSRec-T's main teacher objective l_t (Eq. 12-13): CE, the two KL terms against the frozen
+    side teacher g2, and the learned noise matrix h = M N (trained with g1 in one optimiser)."""
+
+    def __init__(self, side: FrozenTeachers, n_items: int, alpha: float, noise_term: bool = True,
+                 noise_parametrization: str = "stochastic", rank: int = 64):
+        super().__init__()
+        self.side, self.alpha, self.noise_term = side, alpha, noise_term
+        self.noise = NoiseMatrix(n_items, rank=rank, parametrization=noise_parametrization)
+
+    def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        side_logits = self.side.logits(batch.index)[0]  # [B, N]
+        log_rows = self.noise.log_rows(batch.targets) if self.noise_term else None
+        return losses.training_level_loss(logits, side_logits, batch.targets, log_rows, self.alpha, self.noise_term)
+
+
+def popularity_teacher(item_counts) -> torch.Tensor:
+    """SoftRec's teacher logits from training counts only (see csrec.teachers.popularity)."""
+    return popularity_logits(torch.as_tensor(item_counts))
