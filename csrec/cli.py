@@ -125,6 +125,69 @@ def _print_metrics(result: dict) -> None:
         print(f"{split:5s} {line}")
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment YAML (see experiments/)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (what is in the store, what to train) and stop")
+    _add_backend(p)
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="experiment directory (the spec's storage)")
+    _add_backend(p)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else Ray in this process)")
+    p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from csrec.runner import run_experiment
+
+    return run_experiment(args.spec, dry_run=args.dry_run, address=args.address, local=args.local)
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    from csrec.runner import SPEC_FILE, run_experiment
+
+    spec = Path(args.directory) / SPEC_FILE
+    if not spec.is_file():
+        raise CSRecError(f"{args.directory} is not an experiment directory (no {SPEC_FILE}); give the spec's storage folder")
+    return run_experiment(spec, address=args.address, local=args.local)
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="experiment directory")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from csrec.runner.status import status
+
+    print(status(args.directory))
+    return 0
+
+
+def _add_table(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="experiment directory")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p.add_argument("--metric", nargs="+", default=["recall@10", "ndcg@10"], help="metrics (columns per model)")
+    p.add_argument("--vs", default="softrec", choices=["softrec", "base"], help="the method every other is tested against")
+    p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation"], help="paired test")
+    p.add_argument("--correction", choices=["holm"], help="multiple-comparison correction across the table")
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from analysis import comparison_table
+
+    print(comparison_table(args.directory, fmt=args.format, metrics=tuple(args.metric), versus=args.vs,
+                           test=args.test, correction=args.correction))
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train, "train one model (Base or a soft-label method) and evaluate it"),
+    "run": (_add_run, _run_run, "run an experiment spec: teachers, student grid, seeds, table"),
+    "resume": (_add_resume, _run_resume, "go on with an interrupted experiment; nothing finished is redone"),
+    "status": (_add_status, _run_status, "what an experiment has done, is doing and has failed"),
+    "table": (_add_table, _run_table, "Table 2-style comparison with paired significance markers"),
 }

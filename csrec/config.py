@@ -199,3 +199,18 @@ def load_spec(path: str | Path) -> ExperimentSpec:
                     raise CSRecError(f"{path}: datasets.{name}.path: no file at {data_path}; fix the path")
                 data["path"] = str(data_path)
     return load_dataclass(ExperimentSpec, raw, str(path))
+
+
+def spec_to_yaml(spec: ExperimentSpec) -> str:
+    """The resolved spec (absolute data paths and storage) as YAML that `load_spec` reads back."""
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    raw = plain(dataclasses.asdict(spec))
+    raw["storage"] = str(spec.directory)
+    return yaml.safe_dump(raw, sort_keys=False)

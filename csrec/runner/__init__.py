@@ -1,0 +1,54 @@
+"""Running an experiment spec: plan, teachers, student grid, seed reruns, table.
+
+Ray is imported here only (and lazily): `local=True` runs the same plan in this process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from csrec.runner.experiment import SPEC_FILE, Experiment, all_teachers, execute, missing
+from csrec.runner.plan import make_plan
+from csrec.runner.trials import trial_result
+
+
+def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | None = None,
+                   local: bool = False, log=print, table: bool = True) -> int:
+    experiment = Experiment.open(spec_path)
+    if dry_run:
+        print_plan(experiment, log)
+        return 0
+    experiment.initialise(spec_path)
+    if local:
+        from csrec.runner.local_backend import LocalBackend
+
+        backend = LocalBackend(log)
+    else:
+        from csrec.runner.ray_backend import RayBackend
+
+        backend = RayBackend(address, log)
+    execute(experiment, backend, log)
+    if table:
+        from analysis import comparison_table
+
+        log(comparison_table(experiment.directory))
+    return 0
+
+
+def print_plan(experiment: Experiment, log=print) -> None:
+    plan = make_plan(experiment.spec)
+    store = experiment.store
+    teachers = all_teachers(plan)
+    todo = missing(teachers, store)
+    grid = plan.grid_trials
+    finished = sum(trial_result(store, t) is not None for t in grid)
+    log(f"experiment {experiment.spec.name} in {experiment.directory}")
+    log(f"teachers and Base runs: {len(teachers)} ({len(teachers) - len(todo)} in the store, {len(todo)} to train)")
+    for job in teachers:
+        log(f"  {'done ' if job not in todo else 'todo '} {job.key}  {job.describe()}")
+    log(f"student search trials: {len(grid)} ({finished} finished, {len(grid) - finished} to run)")
+    for cell, budget in plan.tpe_cells.items():
+        log(f"TPE search of {'/'.join(cell)}: {budget} trials")
+    cells = {t.cell for t in grid} | set(plan.tpe_cells)
+    log(f"seed reruns after the search: {len(cells)} cells x {len(experiment.spec.seeds) - 1} seeds = "
+        f"{len(cells) * (len(experiment.spec.seeds) - 1)} trials")

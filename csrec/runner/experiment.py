@@ -1,0 +1,151 @@
+"""The experiment directory and the stages every backend goes through, in order.
+
+    teachers (each model once, from the store when there) -> Base records -> search trials
+    (grid, or TPE per cell) -> seed reruns of each cell's best point -> comparison table
+
+Each stage skips what the store already holds, so `run` after a crash, `resume`, or a second `run`
+of the same spec redo nothing that finished. A backend supplies three operations: `train_models`
+(teachers as tasks), `run_trials` (a list of students) and `run_tpe` (a TPE search of one cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
+from csrec.errors import CSRecError
+from csrec.jobs import MODELS
+from csrec.methods import Job
+from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
+from csrec.runner.trials import TRIALS, best_points, trial_result, write_record
+from csrec.store import Store, config_key, write_json_atomic
+
+SPEC_FILE = "spec.yaml"
+# Fields that may change between a run and its resume: how, not what, is computed.
+_RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage")
+
+
+class Backend(Protocol):
+    def train_models(self, jobs: list[Job], experiment: "Experiment") -> None: ...
+    def run_trials(self, stage: str, trials: list[Trial], experiment: "Experiment") -> None: ...
+    def run_tpe(self, cell: tuple, budget: int, experiment: "Experiment") -> None: ...
+
+
+@dataclasses.dataclass
+class Experiment:
+    spec: ExperimentSpec
+    directory: Path
+
+    @property
+    def store(self) -> Store:
+        return Store(self.directory / "store")
+
+    @property
+    def work_dir(self) -> Path:
+        return self.directory / "store" / "work"
+
+    @classmethod
+    def open(cls, spec_path: str | Path) -> "Experiment":
+        """Load and check the spec; refuse a directory that belongs to another spec."""
+        spec = load_spec(spec_path)
+        directory = spec.directory
+        marker = directory / "experiment.json"
+        fingerprint = spec_fingerprint(spec)
+        if marker.is_file():
+            known = json.loads(marker.read_text())
+            if known.get("fingerprint") != fingerprint:
+                raise CSRecError(
+                    f"storage: {directory} holds the experiment of another spec ({known.get('spec')}); "
+                    "give this spec its own storage directory, or resume that one"
+                )
+        elif directory.exists() and any(directory.iterdir()):
+            raise CSRecError(f"storage: {directory} exists and is not an experiment directory; choose another")
+        return cls(spec, directory)
+
+    def initialise(self, spec_path: str | Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / SPEC_FILE).is_file():  # resolved: `resume` works from any directory
+            (self.directory / SPEC_FILE).write_text(spec_to_yaml(self.spec))
+        write_json_atomic(self.directory / "experiment.json",
+                          {"fingerprint": spec_fingerprint(self.spec), "spec": str(Path(spec_path).resolve()),
+                           "name": self.spec.name})
+
+    def progress(self, **fields) -> None:
+        """progress.json: what `launch.py status` shows while the driver runs."""
+        path = self.directory / "progress.json"
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        write_json_atomic(path, current | fields | {"updated": time.time(), "pid": os.getpid()})
+
+
+def spec_fingerprint(spec: ExperimentSpec) -> str:
+    raw = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _RUNTIME_KEYS}
+    return config_key(raw)
+
+
+def missing(jobs: list[Job], store: Store) -> list[Job]:
+    return [j for j in jobs if not store.verify(MODELS, j.key)]
+
+
+def all_teachers(plan: Plan) -> list[Job]:
+    jobs = {j.key: j for j in plan.teachers}
+    for cell in plan.tpe_cells:
+        for job in tpe_teachers(plan.spec, cell):
+            jobs.setdefault(job.key, job)
+    return list(jobs.values())
+
+
+def seed_trials(plan: Plan, store: Store) -> list[Trial]:
+    """Each cell's best search point (validation NDCG@10) rerun on the spec's other seeds."""
+    searched = plan.grid_trials + searched_tpe_trials(plan, store)
+    best = best_points(searched, store)
+    return [trial_for(plan.spec, cell, point, seed, "seeds")
+            for cell, point in sorted(best.items()) for seed in plan.spec.seeds[1:]]
+
+
+def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
+    """The TPE trials that finished (their points are recorded in the store)."""
+    found = []
+    for key in store.keys(TRIALS):
+        record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
+        cell = (record["dataset"], record["model"], record["method"])
+        if cell in plan.tpe_cells and record["stage"] == "search":
+            point = {k: v for k, v in record["params"].items() if v is not None}
+            found.append(trial_for(plan.spec, cell, point, record["seed"], "search"))
+    return found
+
+
+def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
+    """Every stage, in order; each one skips what is already in the store."""
+    plan = make_plan(experiment.spec)
+    (experiment.directory / "plan.json").write_text(to_json(plan))
+    store = experiment.store
+    teachers = all_teachers(plan)
+    todo = missing(teachers, store)
+    log(f"teachers: {len(teachers) - len(todo)} of {len(teachers)} in the store, {len(todo)} to train")
+    experiment.progress(stage="teachers", teachers_total=len(teachers))
+    if todo:
+        backend.train_models(todo, experiment)
+    for trial in plan.trials:
+        if trial.method == "base":
+            write_record(trial, store)
+    grid = plan.grid_trials
+    pending = [t for t in grid if trial_result(store, t) is None]
+    log(f"search: {len(grid) - len(pending)} of {len(grid)} trials finished, {len(pending)} to run")
+    experiment.progress(stage="search", trials_total=len(grid))
+    if pending:
+        backend.run_trials("search", pending, experiment)
+    for cell, budget in plan.tpe_cells.items():
+        backend.run_tpe(cell, budget, experiment)
+    reruns = seed_trials(plan, store)
+    pending = [t for t in reruns if trial_result(store, t) is None]
+    log(f"seeds: {len(reruns) - len(pending)} of {len(reruns)} reruns of the best points finished, {len(pending)} to run")
+    experiment.progress(stage="seeds", reruns_total=len(reruns))
+    if pending:
+        backend.run_trials("seeds", pending, experiment)
+    experiment.progress(stage="done")
+    return plan

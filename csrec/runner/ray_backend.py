@@ -1,0 +1,187 @@
+"""The plan on Ray: teachers as Ray tasks, students as Ray Tune trials chosen by Optuna.
+
+- Teachers: one `ray.remote` task each, with the spec's resources, submitted as soon as the teachers
+  they learn from are in the store (CSRec-T's main teacher waits for its side teacher). A task that
+  dies is retried and resumes from its epoch checkpoint in the store's work folder.
+- Students: one Tuner per stage ("search", "seeds"), whose points are the stage's pending trials,
+  enumerated through Optuna's GridSampler inside OptunaSearch (one categorical over the trial list,
+  so every cell of the grid shares one pool of workers and the tail of one cell never idles the
+  cluster); TPE cells get a Tuner each. Trials report every epoch with a checkpoint, are retried from
+  it (FailureConfig), and a restarted driver resumes them with Tuner.restore(resume_errored=True).
+- Trials get artifact paths, never object refs, and never launch Ray tasks themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from csrec.config import Resources
+from csrec.jobs import train_job
+from csrec.methods import Job
+from csrec.runner.local_backend import tpe_distributions
+from csrec.runner.plan import SELECTION_METRIC, Trial, trial_for
+from csrec.runner.progress import LiveView
+from csrec.runner.trials import run_trial
+from csrec.store import Store
+
+TRAINABLE = "csrec_student"
+
+
+def start_ray(address: str | None = None, log=print) -> None:
+    """Join `address` (or RAY_ADDRESS); without either, start Ray in this process."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        log(f"ray: joined the cluster at {address}: {ray.cluster_resources()}")
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 1024 * 1024, configure_logging=False)
+        log(f"ray: started in this process: {ray.cluster_resources()}")
+
+
+def feasible(resources: Resources, log=print) -> Resources:
+    """A GPU request on a cluster without GPUs would stay pending forever: ask for CPU instead."""
+    if resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
+        warnings.warn(f"the spec asks for {resources.gpu} GPU per task but the Ray cluster has none; "
+                      "running on CPU (set gpu: 0 in the spec to silence this)")
+        return Resources(cpu=resources.cpu, gpu=0.0)
+    return resources
+
+
+def threads(resources: Resources) -> int:
+    return max(1, int(resources.cpu))
+
+
+@ray.remote(max_retries=3)
+def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(num_threads)
+    train_job(job, Store(store_root), Path(work_dir))
+    return job.key
+
+
+def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: str, num_threads: int) -> None:
+    """One Tune trial: the student `config["point"]` of the stage's trial list."""
+    import torch
+
+    torch.set_num_threads(num_threads)
+    with open(stage_file, "rb") as handle:
+        trial: Trial = pickle.load(handle)[config["point"]]
+    store = Store(store_root)
+    checkpoint_file = Path(work_dir) / trial.job.key / "last.pt"
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry or a resumed experiment: go on from the last reported epoch
+        checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
+        with restored.as_directory() as folder:
+            shutil.copy(Path(folder) / "last.pt", checkpoint_file)
+
+    def report_epoch(record) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(checkpoint_file, Path(folder) / "last.pt")
+            tune.report({"epoch": record.epoch, "train_loss": record.train_loss,
+                         f"valid_{SELECTION_METRIC}": record.valid_score, "done": False},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    result = run_trial(trial, store, Path(work_dir), report_epoch)
+    tune.report({"epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
+                 f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True})
+
+
+class RayBackend:
+    def __init__(self, address: str | None = None, log=print):
+        self.log = log
+        start_ray(address, log)
+
+    def train_models(self, jobs: list[Job], experiment) -> None:
+        resources = feasible(experiment.spec.teacher_resources, self.log)
+        task = _train_model_task.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+        pending = {job.key: job for job in jobs}
+        running: dict = {}
+        done = 0
+        view = LiveView(experiment, self.log)
+        while pending or running:
+            for key, job in list(pending.items()):
+                if not any(t.key in pending or t.key in running.values() for t in job.teachers):
+                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources))
+                    running[ref] = key
+                    del pending[key]
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+            for ref in ready:
+                ray.get(ref)  # a task that failed all its retries raises here, with its error
+                done += 1
+                del running[ref]
+            view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
+
+    def run_trials(self, stage: str, trials: list[Trial], experiment) -> None:
+        points = list(range(len(trials)))
+        self._tune(stage, trials, OptunaSearch(
+            space={"point": optuna.distributions.CategoricalDistribution(points)},
+            sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
+            study_name=f"{experiment.spec.name}-{stage}", metric=f"valid_{SELECTION_METRIC}", mode="max",
+        ), len(trials), experiment)
+
+    def run_tpe(self, cell: tuple, budget: int, experiment) -> None:
+        """TPE over the cell's choices; each draw is mapped to its trial through a point index."""
+        spec = experiment.spec
+        space = tpe_distributions(spec, cell[2])
+        names = list(space)
+        import itertools
+
+        combos = [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
+        trials = [trial_for(spec, cell, point, spec.seeds[0], "search") for point in combos]
+        searcher = OptunaSearch(
+            space={"point": optuna.distributions.CategoricalDistribution(list(range(len(trials))))},
+            sampler=optuna.samplers.TPESampler(seed=spec.seeds[0]),
+            study_name=f"{spec.name}-tpe-{'-'.join(cell)}", metric=f"valid_{SELECTION_METRIC}", mode="max",
+        )
+        self._tune("tpe-" + "-".join(cell), trials, searcher, budget, experiment)
+
+    def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> None:
+        resources = feasible(experiment.spec.trial_resources, self.log)
+        tune_dir = experiment.directory / "tune"
+        stage_file = tune_dir / f"{stage}.trials.pkl"
+        if not stage_file.is_file():  # fixed once: a resumed Tuner must see the same point list
+            tune_dir.mkdir(parents=True, exist_ok=True)
+            stage_file.write_bytes(pickle.dumps(trials))
+        trials = pickle.loads(stage_file.read_bytes())
+        trainable = tune.with_resources(
+            tune.with_parameters(student_trainable, stage_file=str(stage_file), store_root=str(experiment.store.root),
+                                 work_dir=str(experiment.work_dir), num_threads=threads(resources)),
+            {"cpu": resources.cpu, "gpu": resources.gpu},
+        )
+        path = tune_dir / stage
+        view = LiveView(experiment, self.log, trials)
+        if tune.Tuner.can_restore(str(path)):
+            self.log(f"{stage}: resuming the Tune experiment in {path}")
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            concurrency = experiment.spec.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
+                                            max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
+                                          failure_config=tune.FailureConfig(max_failures=3),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            )
+        started = time.time()
+        results = tuner.fit()
+        failed = [r for r in results if r.error is not None]
+        self.log(f"{stage}: {len(results) - len(failed)} trials finished, {len(failed)} failed "
+                 f"({time.time() - started:.0f} s)")
+        for result in failed:
+            self.log(f"  failed: {trials[result.config['point']].label()}: {str(result.error).splitlines()[-1]}")

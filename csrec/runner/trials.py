@@ -1,0 +1,64 @@
+"""Running a student trial and keeping its record; choosing the best configuration per cell.
+
+No Ray here: the local backend, Ray tasks and Tune trials all call these functions. A trial's
+record (`store/trials/<key>/`: result.json and per_user.parquet, docs/FORMATS.md) is what the
+analysis reads; it is written after the trained model's artifact, from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from csrec.jobs import MODELS, read_result, train_job
+from csrec.runner.plan import SELECTION_METRIC, Trial
+from csrec.store import Store
+
+TRIALS = "trials"
+
+
+def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
+    """Train the trial's student (or find it in the store) and write its record."""
+    train_job(trial.job, store, work_dir, on_epoch_end)
+    return write_record(trial, store)
+
+
+def write_record(trial: Trial, store: Store) -> dict:
+    """store/trials/<key>/ from the model artifact; returns the result dict. Idempotent."""
+    if store.verify(TRIALS, trial.job.key):
+        return trial_result(store, trial)
+    result = read_result(store, trial.job)
+    record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")}
+    source = store.path(MODELS, trial.job.key) / "per_user.parquet"
+
+    def fill(folder: Path) -> None:
+        (folder / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        shutil.copy(source, folder / "per_user.parquet")
+
+    store.write(TRIALS, trial.job.key, trial.record(), fill)
+    return record
+
+
+def trial_result(store: Store, trial: Trial) -> dict | None:
+    """The finished trial's result.json, or None when it has not finished."""
+    if not store.verify(TRIALS, trial.job.key):
+        return None
+    return json.loads((store.path(TRIALS, trial.job.key) / "result.json").read_text())
+
+
+def best_points(trials: list[Trial], store: Store) -> dict[tuple, dict[str, float]]:
+    """Per (dataset, model, method): the finished search point with the best validation NDCG@10.
+
+    Test metrics are never looked at. Ties go to the point listed first (the plan's order).
+    """
+    best: dict[tuple, tuple[float, dict]] = {}
+    for trial in trials:
+        result = trial_result(store, trial)
+        if trial.stage != "search" or result is None:
+            continue
+        score = result["valid"][SELECTION_METRIC]
+        if trial.cell not in best or score > best[trial.cell][0]:
+            best[trial.cell] = (score, dict(trial.params))
+    return {cell: point for cell, (_, point) in best.items()}
