@@ -1,0 +1,91 @@
+"""Spec -> plan: teachers deduplicated across methods, grid points, seeds; method jobs as the paper says."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from csrec.config import TeacherSettings, load_spec
+from csrec.data import DataConfig
+from csrec.errors import CSRecError
+from csrec.methods import base_job, dependencies, student_job
+from csrec.runner.plan import make_plan
+from csrec.train import TrainConfig
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("session_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(6)))
+    return DataConfig(path=str(path), max_len=5, user_min_count=1, item_min_count=1)
+
+
+def test_csrec_m_teachers_are_base_models_with_other_seeds(data):
+    base = base_job(data, "gru4rec", TrainConfig(seed=0))
+    student = student_job("csrec-m", base, {"beta": 0.5, "temperature": 3.0}, TeacherSettings(m=3))
+    seeds = [t.seed for t in student.teachers]
+    assert seeds == [0, 1, 2] and all(t.objective == "ce" and t.subsample_ratio == 1 for t in student.teachers)
+    # the Base run of seed 1 is the same artifact as teacher 1
+    assert student.teachers[1].key == dataclasses.replace(base, train=TrainConfig(seed=1)).key
+
+
+def test_csrec_d_teachers_see_distinct_subsamples(data):
+    base = base_job(data, "gru4rec", TrainConfig())
+    student = student_job("csrec-d", base, {"beta": 0.75, "temperature": 3.0}, TeacherSettings(m=2, subsample_ratio=0.8))
+    assert [(t.subsample_ratio, t.subsample_seed) for t in student.teachers] == [(0.8, 0), (0.8, 1)]
+    assert len({t.key for t in student.teachers}) == 2
+
+
+def test_csrec_t_side_teacher_is_the_first_data_level_teacher(data):
+    base = base_job(data, "gru4rec", TrainConfig())
+    settings = TeacherSettings()
+    t_student = student_job("csrec-t", base, {"alpha": 0.25, "beta": 0.5, "temperature": 6.0}, settings)
+    d_student = student_job("csrec-d", base, {"beta": 0.5, "temperature": 6.0}, settings)
+    (main,) = t_student.teachers
+    assert main.objective == "training-level" and main.param("alpha") == 0.25
+    assert main.teachers[0].key == d_student.teachers[0].key
+    assert [j.key for j in dependencies(t_student)] == [main.teachers[0].key, main.key]
+
+
+def test_grid_points_share_teachers_and_keys_follow_params(data):
+    base = base_job(data, "gru4rec", TrainConfig())
+    a = student_job("csrec-m", base, {"beta": 0.5, "temperature": 3.0}, TeacherSettings())
+    b = student_job("csrec-m", base, {"beta": 0.75, "temperature": 3.0}, TeacherSettings())
+    assert a.key != b.key and [t.key for t in a.teachers] == [t.key for t in b.teachers]
+
+
+def test_runtime_settings_do_not_change_keys(data):
+    a = base_job(data, "gru4rec", TrainConfig(device="cpu", num_threads=1))
+    b = base_job(data, "gru4rec", TrainConfig(device="auto", num_threads=4, progress=False))
+    assert a.key == b.key
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"beta": 1.5, "temperature": 3.0}, "beta must lie in"),
+    ({"beta": 0.5, "temperature": 0.0}, "temperature T must be > 0"),
+    ({"beta": 0.5}, "needs temperature"),
+])
+def test_bad_params_are_refused(data, params, message):
+    with pytest.raises(CSRecError, match=message):
+        student_job("csrec-m", base_job(data, "gru4rec", TrainConfig()), params, TeacherSettings())
+
+
+def test_smoke_plan_counts():
+    plan = make_plan(load_spec(SMOKE))
+    # base seeds 0,1 (= csrec-m teachers), csrec-d teachers (2, the first is csrec-t's side), csrec-t main
+    assert len(plan.teachers) == 5
+    assert len(plan.grid_trials) == 1 + 2 + 1 + 1
+    assert sum(t.method == "base" for t in plan.trials) == 2
+
+
+def test_base_and_csrec_m_over_the_same_seeds_share_models(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / "data" / "smoke.csv")
+    raw.update(methods=["base", "csrec-m"], seeds=[0, 1])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    plan = make_plan(load_spec(spec_path))
+    assert len(plan.teachers) == 2  # two models serve as both Base runs and CSRec-M's teachers

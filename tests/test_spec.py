@@ -1,0 +1,72 @@
+"""Bad specs are refused before anything starts: exit 2, one message naming the key, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from csrec.config import load_spec, spec_to_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def _spec(tmp_path, **changes):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / "data" / "smoke.csv")
+    raw["storage"] = str(tmp_path / "exp")
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _launch(*args):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, cwd=ROOT, timeout=120)
+
+
+BAD = [
+    ({"colour": "blue"}, "unknown key 'colour'"),
+    ({"train__max_epochs": "ten"}, "train.max_epochs: expected int"),
+    ({"search__csrec-t__alpha": [0.5, 1.5]}, "alpha values must lie in [0, 1]"),
+    ({"search__softrec__temperature": [0]}, "temperature values must be > 0"),
+    ({"teachers__subsample_ratio": 1.2}, "subsample_ratio (p) must lie in (0, 1]"),
+    ({"teachers__m": 0}, "teachers.m must be >= 1"),
+    ({"datasets__smoke__path": "/nonexistent/data.csv"}, "no file at /nonexistent/data.csv"),
+    ({"models": ["gru4rec", "bert4rec"]}, "unknown model 'bert4rec'"),
+    ({"methods": ["base", "softlabel"]}, "unknown method 'softlabel'"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD, ids=[m for _, m in BAD])
+def test_bad_spec_exits_2_and_writes_nothing(tmp_path, changes, message):
+    path = _spec(tmp_path, **changes)
+    done = _launch("run", path, "--dry-run")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists()
+
+
+def test_storage_of_another_spec_is_refused(tmp_path):
+    first = _spec(tmp_path)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "experiment.json").write_text('{"fingerprint": "something else", "spec": "other.yaml"}')
+    done = _launch("run", first, "--dry-run")
+    assert done.returncode == 2 and "holds the experiment of another spec" in done.stderr
+    assert sorted(p.name for p in exp.iterdir()) == ["experiment.json"]
+
+
+def test_resolved_spec_round_trips(tmp_path):
+    spec = load_spec(_spec(tmp_path))
+    again = tmp_path / "again.yaml"
+    again.write_text(spec_to_yaml(spec))
+    assert load_spec(again) == spec
