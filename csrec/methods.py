@@ -140,8 +140,9 @@ def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: Tea
         return data_level
     side = data_level[0]  # Alg. 3: side teacher g2 pretrained with CE on a p-subsample
     options = (("noise_parametrization", settings.noise_parametrization), ("noise_term", settings.noise_term))
-    main = dataclasses.replace(base, objective="training-level", params=(("alpha", params["alpha"]),),
-                               options=options, teachers=(side,))
+    # Fixed seed, like the other methods' teachers: the student's seed reruns share one teacher module.
+    main = dataclasses.replace(base, train=with_seed(0), objective="training-level",
+                               params=(("alpha", params["alpha"]),), options=options, teachers=(side,))
     return (main,)
 
 

@@ -87,7 +87,7 @@ class SoftLabelStudent(nn.Module):
         self.beta, self.temperature, self.kl_direction = beta, temperature, kl_direction
         self.teacher, self.ensemble, self.weights = teacher, ensemble, weights
         if popularity is not None:  # the same distribution for every input: computed once
-            probs = torch.softmax(popularity / temperature, dim=-1)  # [N]
+            probs = losses.tempered_softmax(popularity, temperature)  # [N]
             self.register_buffer("popularity_probs", probs, persistent=False)
 
     def teacher_probs(self, index: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ class SoftLabelStudent(nn.Module):
         if self.teacher is None:
             return self.popularity_probs.expand(len(index), -1)
         if self.teacher.m == 1 or self.ensemble == "mean_logits":
-            return torch.softmax(self.teacher.mean_logits(index) / self.temperature, dim=-1)
+            return losses.tempered_softmax(self.teacher.mean_logits(index), self.temperature)
         return ensemble_probs(self.teacher.logits(index), self.temperature, "mean_probs", self.weights)
 
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Protocol
 from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
 from csrec.errors import CSRecError
 from csrec.jobs import MODELS
-from csrec.methods import Job
+from csrec.methods import Job, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.trials import TRIALS, best_points, trial_result, write_record
 from csrec.store import Store, config_key, write_json_atomic
@@ -119,11 +119,25 @@ def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
     return found
 
 
+def write_dataset_summaries(experiment: Experiment) -> None:
+    """datasets/<name>.json: item training counts, for the popular/niche analysis (files only)."""
+    from csrec.data import load_sequence_data
+    from csrec.data.protocols import train_item_counts
+
+    for name, config in experiment.spec.datasets.items():
+        path = experiment.directory / "datasets" / f"{name}.json"
+        if not path.is_file():
+            data = load_sequence_data(config)
+            write_json_atomic(path, {"n_items": data.n_items, "n_sequences": len(data.sequences),
+                                     "item_train_counts": train_item_counts(data).tolist()})
+
+
 def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     """Every stage, in order; each one skips what is already in the store."""
     plan = make_plan(experiment.spec)
     (experiment.directory / "plan.json").write_text(to_json(plan))
     store = experiment.store
+    write_dataset_summaries(experiment)
     teachers = all_teachers(plan)
     todo = missing(teachers, store)
     log(f"teachers: {len(teachers) - len(todo)} of {len(teachers)} in the store, {len(todo)} to train")
@@ -145,6 +159,9 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     pending = [t for t in reruns if trial_result(store, t) is None]
     log(f"seeds: {len(reruns) - len(pending)} of {len(reruns)} reruns of the best points finished, {len(pending)} to run")
     experiment.progress(stage="seeds", reruns_total=len(reruns))
+    needed = missing(list({j.key: j for t in pending for j in dependencies(t.job)}.values()), store)
+    if needed:  # teachers are shared across seeds, so this is empty unless the store lost one
+        backend.train_models(needed, experiment)
     if pending:
         backend.run_trials("seeds", pending, experiment)
     experiment.progress(stage="done")

@@ -1,0 +1,226 @@
+"""Every finished trial of an experiment directory as one tidy table, and the best configuration per cell.
+
+Reads files only (docs/FORMATS.md): `store/trials/<key>/{result.json, per_user.parquet, meta.json}`,
+`plan.json` for the cells the experiment is meant to fill, `datasets/<name>.json`. It works while an
+experiment runs: a trial directory without a valid meta.json (or whose files do not match their
+checksums) is unfinished and listed as such, never read and never removed (that is the runner's job).
+
+A cell is (dataset, model, method); a configuration is one grid point of a cell, named by its
+hyperparameters ("beta=0.5 temperature=3.0"; Base has none and is "default").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from csrec.errors import CSRecError
+
+TRIALS = Path("store") / "trials"
+META = "meta.json"
+STAGES = ("search", "seeds")
+SPLITS = ("valid", "test")
+ID_COLUMNS = ["key", "dataset", "model", "method", "config", "seed", "stage"]
+
+
+def config_label(params: dict) -> str:
+    """A configuration's name: its non-null hyperparameters in name order, exactly (repr of floats)."""
+    items = [(k, v) for k, v in sorted(params.items()) if v is not None]
+    return " ".join(f"{k}={float(v)!r}" for k, v in items) if items else "default"
+
+
+@dataclass(frozen=True)
+class Collection:
+    """What an experiment directory holds now.
+
+    results: one row per (finished trial, split, metric): key, dataset, model, method, config, one
+        column per hyperparameter (NaN where unset), seed, stage, split, metric, value (a fraction).
+    trials: one row per finished trial (the same identifying columns, no metrics).
+    unfinished: one row per trial directory that is not (yet) a finished trial: key, reason, and the
+        cell when its result.json could be read.
+    expected_cells: the cells the plan asks for, in the plan's order (the found cells without a plan).
+    """
+
+    directory: Path
+    results: pd.DataFrame
+    trials: pd.DataFrame
+    unfinished: pd.DataFrame
+    expected_cells: tuple[tuple[str, str, str], ...]
+
+    @property
+    def missing_cells(self) -> list[tuple[str, str, str]]:
+        """Cells of the plan with no finished trial at all."""
+        done = set(self.trials[["dataset", "model", "method"]].itertuples(index=False, name=None))
+        return [cell for cell in self.expected_cells if cell not in done]
+
+    def per_user(self, key: str) -> pd.DataFrame:
+        """The per_user.parquet rows of finished trial `key` (both splits)."""
+        if key not in set(self.trials["key"]):
+            raise CSRecError(f"trial {key} is not a finished trial of {self.directory}; see Collection.trials")
+        return pd.read_parquet(self.directory / TRIALS / key / "per_user.parquet")
+
+    def dataset_info(self, name: str) -> dict:
+        """datasets/<name>.json: n_items and item_train_counts (item popularity for user groups)."""
+        path = self.directory / "datasets" / f"{name}.json"
+        if not path.is_file():
+            raise CSRecError(f"{path} does not exist; the runner writes it when the data set is first loaded")
+        return json.loads(path.read_text())
+
+    def report(self) -> str:
+        """What is there and what is missing, in a few lines (for a running or partial experiment)."""
+        lines = [f"{self.directory}: {len(self.trials)} finished trials, {len(self.unfinished)} unfinished"]
+        for row in self.unfinished.itertuples(index=False):
+            where = f" ({row.dataset}/{row.model}/{row.method})" if isinstance(row.dataset, str) else ""
+            lines.append(f"  unfinished {row.key}{where}: {row.reason}")
+        missing = self.missing_cells
+        lines.append(f"cells with no finished trial: {len(missing)} of {len(self.expected_cells)}")
+        lines += [f"  {'/'.join(cell)}" for cell in missing]
+        return "\n".join(lines)
+
+
+def collect(directory: str | Path) -> Collection:
+    """Read every trial directory of experiment `directory` (see the module docstring)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CSRecError(f"experiment directory {directory} does not exist; give the `storage` folder of a spec")
+    folder = directory / TRIALS
+    records, unfinished = [], []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not path.is_dir() or path.name == "work":
+            continue
+        problem = _problem(path)
+        record = _read_result(path)
+        if problem is None and record is None:
+            problem = "result.json is unreadable"
+        if problem is None:
+            records.append(record | {"key": path.name})
+        else:
+            cell = {k: record.get(k) for k in ("dataset", "model", "method")} if record else {}
+            unfinished.append({"key": path.name, "reason": problem} | cell)
+    unfinished_frame = pd.DataFrame(unfinished, columns=["key", "reason", "dataset", "model", "method"])
+    results, trials = _tidy(records)
+    return Collection(directory, results, trials, unfinished_frame, _expected_cells(directory, trials))
+
+
+def _problem(path: Path) -> str | None:
+    """Why `path` is not a finished trial, or None; reads only (store.Store.verify would delete it)."""
+    if path.name.startswith("."):
+        return "being written (temporary directory)"
+    meta_path = path / META
+    if not meta_path.is_file():
+        return "no meta.json (unfinished)"
+    try:
+        files = json.loads(meta_path.read_text())["files"]
+    except (ValueError, KeyError):
+        return "meta.json is unreadable"
+    for name, digest in files.items():
+        target = path / name
+        if not target.is_file():
+            return f"{name} is missing"
+        if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+            return f"{name} does not match its checksum (damaged)"
+    if not (path / "per_user.parquet").is_file():
+        return "per_user.parquet is missing"
+    return None
+
+
+def _read_result(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    param_names = sorted({name for r in records for name in r.get("params", {})})
+    trial_rows, rows = [], []
+    for r in records:
+        params = r.get("params", {})
+        ident = {"key": r["key"], "dataset": r["dataset"], "model": r["model"], "method": r["method"],
+                 "config": config_label(params), "seed": int(r["seed"]), "stage": r["stage"]}
+        hyper = {name: np.nan if params.get(name) is None else float(params[name]) for name in param_names}
+        trial_rows.append(ident | hyper)
+        for split in SPLITS:
+            for metric, value in sorted(r.get(split, {}).items()):
+                rows.append(ident | hyper | {"split": split, "metric": metric,
+                                             "value": np.nan if value is None else float(value)})
+    columns = ID_COLUMNS + param_names
+    trials = pd.DataFrame(trial_rows, columns=columns)
+    results = pd.DataFrame(rows, columns=columns + ["split", "metric", "value"])
+    return results, trials
+
+
+def _expected_cells(directory: Path, trials: pd.DataFrame) -> tuple[tuple[str, str, str], ...]:
+    """The plan's cells (grid trials, Base runs and TPE cells) in the plan's order."""
+    plan_path = directory / "plan.json"
+    cells: dict[tuple[str, str, str], None] = {}
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        for row in plan.get("trials", []):
+            cells.setdefault((row["dataset"], row["model"], row["method"]), None)
+        for row in plan.get("tpe_cells", []):
+            cells.setdefault(tuple(row[:3]), None)
+    for cell in trials[["dataset", "model", "method"]].itertuples(index=False, name=None):
+        cells.setdefault(cell, None)  # a trial outside the plan (an older spec) still counts
+    return tuple(cells)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The chosen configuration of one cell and the runs its test numbers come from."""
+
+    cell: tuple[str, str, str]
+    config: str
+    valid_score: float  # mean selection metric over the config's search trials
+    source: str  # "seeds" (search run plus seed reruns) or "search" (no reruns yet)
+    keys: tuple[str, ...]  # the runs reported, by trial key, in seed order
+
+
+def select(collection: Collection, metric: str = "ndcg@10") -> dict[tuple[str, str, str], Selected]:
+    """Per cell, the configuration best on validation `metric` among its "search" trials.
+
+    Never looks at test: only split == "valid" rows of stage "search" enter the choice. A config
+    with several search seeds is scored by its mean. Ties go to the config whose name sorts first.
+    The reported runs are every finished run of that config: its search trial(s) and its reruns
+    on the other seeds (Selected.source is "seeds" when there are reruns, else "search").
+    """
+    results = collection.results
+    if len(results) and metric not in set(results.loc[results["split"] == "valid", "metric"]):
+        known = ", ".join(sorted(set(results["metric"])))
+        raise CSRecError(f"selection metric {metric!r} is not in the results; use one of: {known}")
+    valid = results[(results["split"] == "valid") & (results["stage"] == "search") & (results["metric"] == metric)]
+    scores = valid.groupby(["dataset", "model", "method", "config"], sort=True)["value"].mean()
+    chosen: dict[tuple[str, str, str], Selected] = {}
+    trials = collection.trials
+    for (dataset, model, method), group in scores.groupby(level=[0, 1, 2], sort=True):
+        group = group.dropna()
+        if group.empty:
+            continue
+        config = group.idxmax()[3]  # first maximum in sorted config order
+        runs = trials[(trials["dataset"] == dataset) & (trials["model"] == model)
+                      & (trials["method"] == method) & (trials["config"] == config)]
+        source = "seeds" if (runs["stage"] == "seeds").any() else "search"
+        runs = runs.sort_values(["seed", "key"]).drop_duplicates("seed")
+        chosen[(dataset, model, method)] = Selected((dataset, model, method), config, float(group.max()),
+                                                    source, tuple(runs["key"]))
+    return chosen
+
+
+def cell_numbers(collection: Collection, chosen: dict[tuple[str, str, str], Selected],
+                 metric: str) -> pd.DataFrame:
+    """Per selected cell: mean and sample std (ddof 1; NaN for one run) of test `metric` over its runs."""
+    results = collection.results
+    test = results[(results["split"] == "test") & (results["metric"] == metric)].set_index("key")["value"]
+    rows = []
+    for cell, sel in chosen.items():
+        values = test.reindex(list(sel.keys)).dropna()
+        rows.append({"dataset": cell[0], "model": cell[1], "method": cell[2], "config": sel.config,
+                     "source": sel.source, "n_runs": len(values),
+                     "mean": float(values.mean()) if len(values) else np.nan,
+                     "std": float(values.std(ddof=1)) if len(values) > 1 else np.nan})
+    return pd.DataFrame(rows, columns=["dataset", "model", "method", "config", "source", "n_runs", "mean", "std"])

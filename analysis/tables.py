@@ -1,0 +1,233 @@
+"""Table 2 / Table 3 of the paper from an experiment directory, as Markdown, LaTeX (booktabs) or CSV.
+
+Rows are dataset x method (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T), columns a pair of metrics per
+model; each number is the test metric in % (3 decimals) of the configuration chosen on validation
+(analysis.collect.select), followed by the marker of its paired test against SoftRec (or Base). The
+best number of each column within a data set is bold. Table 3 is the same with the filtered metrics
+recall+@10 / ndcg+@10 (paper Eq. 16) and only the data sets with ratings. A partial experiment gives
+the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a").
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.collect import Collection, cell_numbers, collect, select
+from analysis.significance import TESTS, comparisons, parse_metric
+from csrec.errors import CSRecError
+
+METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T"}
+MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
+DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "ml-100k": "ML-100K"}
+_METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "recall+": "Recall+", "ndcg+": "NDCG+"}
+_TEST_NAMES = {"ttest": "paired two-sided t-test", "wilcoxon": "two-sided Wilcoxon signed-rank test",
+               "randomisation": "paired two-sided randomisation (sign-flip) test"}
+FORMATS = ("md", "latex", "csv")
+
+
+@dataclass(frozen=True)
+class ComparisonTable:
+    """One row per (dataset, method, model, metric) position of the table, missing ones included."""
+
+    cells: pd.DataFrame  # dataset method model metric mean std n_runs source config p_value p_adjusted marker best
+    datasets: tuple[str, ...]
+    methods: tuple[str, ...]
+    models: tuple[str, ...]
+    metrics: tuple[str, ...]
+    versus: str
+    test: str
+    correction: str | None
+    selection_metric: str
+    n_resamples: int
+    seed: int
+
+
+def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus: str = "softrec",
+                test: str = "ttest", correction: str | None = None, selection_metric: str = "ndcg@10",
+                n_resamples: int = 10000, seed: int = 0) -> ComparisonTable:
+    """Select (on validation), summarise (test mean/std over the reported runs) and test every cell.
+
+    Rows and columns are those of the plan, so a cell with nothing to report is present with
+    n_runs 0. `best` marks the highest number of its (dataset, model, metric) column as shown
+    (3 decimals in %), so ties at that precision are all bold.
+    """
+    metrics = tuple(metrics)
+    for metric in metrics:
+        parse_metric(metric)
+    if test not in TESTS:
+        raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
+    if versus not in METHOD_NAMES:
+        raise CSRecError(f"versus {versus!r}: use one of {', '.join(METHOD_NAMES)}")
+    cells = collection.expected_cells
+    if not cells:
+        raise CSRecError(f"{collection.directory} has no plan.json and no finished trial; nothing to tabulate "
+                         "(give the directory of an experiment that was started)")
+    known = set(collection.results["metric"])
+    unknown = [m for m in metrics if known and m not in known]
+    if any(not parse_metric(m)[0].endswith("+") for m in unknown):
+        raise CSRecError(f"metric(s) {', '.join(unknown)} are not in the results; use some of: {', '.join(sorted(known))}")
+    datasets = _datasets_with(collection, [c[0] for c in cells], metrics)
+    models = _ordered([c[1] for c in cells], MODEL_NAMES)
+    methods = _ordered([c[2] for c in cells], METHOD_NAMES)
+
+    chosen = {cell: sel for cell, sel in select(collection, selection_metric).items() if cell[0] in datasets}
+    numbers = pd.concat([cell_numbers(collection, chosen, m).assign(metric=m) for m in metrics], ignore_index=True)
+    tests = comparisons(collection, chosen, metrics, versus, test, correction, n_resamples, seed)
+    grid = pd.DataFrame(list(itertools.product(datasets, methods, models, metrics)),
+                        columns=["dataset", "method", "model", "metric"])
+    keys = ["dataset", "model", "method", "metric"]
+    table = grid.merge(numbers, on=keys, how="left").merge(
+        tests[keys + ["p_value", "p_adjusted", "marker"]], on=keys, how="left")
+    table["n_runs"] = table["n_runs"].fillna(0).astype(int)
+    table["marker"] = table["marker"].fillna("")
+    shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
+    column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
+    table["best"] = shown.notna() & (shown == column_best)
+    return ComparisonTable(table, datasets, methods, models, metrics, versus, test, correction, selection_metric,
+                           n_resamples, seed)
+
+
+def _ordered(names: list[str], canonical: dict[str, str]) -> tuple[str, ...]:
+    """The known names in the paper's order, then the others in order of appearance."""
+    seen = list(dict.fromkeys(names))
+    return tuple([n for n in canonical if n in seen] + [n for n in seen if n not in canonical])
+
+
+def _datasets_with(collection: Collection, names: list[str], metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """Data sets in plan order; for filtered ("+") metrics only those with ratings (Table 3).
+
+    A data set without ratings writes no "+" metrics; one with no finished trial yet is kept (its
+    cells show as missing) since its ratings are not known.
+    """
+    datasets = list(dict.fromkeys(names))
+    filtered = [m for m in metrics if parse_metric(m)[0].endswith("+")]
+    if not filtered:
+        return tuple(datasets)
+    results = collection.results
+    kept = [d for d in datasets
+            if not (results["dataset"] == d).any()
+            or results.loc[results["dataset"] == d, "metric"].isin(filtered).any()]
+    if not kept:
+        raise CSRecError(f"no data set of {collection.directory} has ratings, so {', '.join(filtered)} do not "
+                         "exist; Table 3 needs data with ratings (e.g. ml-100k.inter); use recall@10 ndcg@10")
+    return tuple(kept)
+
+
+def metric_name(metric: str) -> str:
+    name, k = parse_metric(metric)
+    return f"{_METRIC_NAMES[name]}@{k}"
+
+
+def _caption(table: ComparisonTable) -> str:
+    metrics = " and ".join(metric_name(m) for m in table.metrics)
+    return (f"Test {metrics} (%) of the configuration best on validation {metric_name(table.selection_metric)} "
+            f"(never selected on test)")
+
+
+def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "<") -> str:
+    """Markers, bold, the runs behind the numbers and the missing mark, in one paragraph."""
+    test = _TEST_NAMES[table.test]
+    if table.test == "randomisation":
+        test += f" ({table.n_resamples} resamples, seed {table.seed})"
+    parts = [f"{mark('**')} p {less} 0.05, {mark('*')} p {less} 0.1: {test} against "
+             f"{METHOD_NAMES[table.versus]} on the per-user test values of the same users (per-user mean over seeds)"]
+    if table.correction == "holm":
+        parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
+    parts.append("bold: best per column within a data set")
+    sources = set(table.cells.loc[table.cells["n_runs"] > 0, "source"])
+    if sources == {"search"}:
+        parts.append("no seed reruns: each number is the search run of the selected configuration")
+    elif sources == {"seeds"}:
+        parts.append("each number is the mean over the seed reruns of the selected configuration")
+    elif sources:
+        parts.append(f"mean over the seed reruns of the selected configuration; {dagger}: no reruns, "
+                     "the configuration's search run(s)")
+    parts.append(f"{missing}: no finished trial")
+    return "; ".join(parts) + "."
+
+
+def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str) -> dict[tuple, str]:
+    """(dataset, method, model, metric) -> the text of its cell; `bold` and `mark` wrap the pieces."""
+    mixed = set(table.cells.loc[table.cells["n_runs"] > 0, "source"]) == {"seeds", "search"}
+    texts = {}
+    for row in table.cells.itertuples(index=False):
+        key = (row.dataset, row.method, row.model, row.metric)
+        if row.n_runs == 0 or np.isnan(row.mean):
+            texts[key] = missing
+            continue
+        number = f"{row.mean * 100:.3f}"
+        number = bold(number) if row.best else number
+        suffix = row.marker + (dagger if mixed and row.source == "search" else "")
+        texts[key] = number + (mark(suffix) if suffix else "")
+    return texts
+
+
+def to_markdown(table: ComparisonTable) -> str:
+    texts = _format_cells(table, lambda s: f"**{s}**", lambda s: s.replace("*", r"\*"), "†", "—")
+    header = ["Dataset", "Method"] + [f"{MODEL_NAMES.get(m, m)} {metric_name(x)}"
+                                      for m in table.models for x in table.metrics]
+    lines = [f"Table: {_caption(table)}.", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for dataset in table.datasets:
+        for i, method in enumerate(table.methods):
+            row = [DATASET_NAMES.get(dataset, dataset) if i == 0 else "", METHOD_NAMES.get(method, method)]
+            row += [texts[(dataset, method, m, x)] for m in table.models for x in table.metrics]
+            lines.append("| " + " | ".join(row) + " |")
+    note = _note(table, lambda s: s.replace("*", r"\*"), "†", "—")
+    return "\n".join(lines + ["", note]) + "\n"
+
+
+def to_latex(table: ComparisonTable) -> str:
+    texts = _format_cells(table, lambda s: rf"\textbf{{{s}}}", lambda s: f"$^{{{s}}}$", r"\dagger", "---")
+    n = len(table.metrics)
+    groups = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_latex(MODEL_NAMES.get(m, m))}}}" for m in table.models)
+    rules = " ".join(rf"\cmidrule(lr){{{3 + i * n}-{2 + (i + 1) * n}}}" for i in range(len(table.models)))
+    names = " & ".join(_latex(metric_name(x)) for _ in table.models for x in table.metrics)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex(_caption(table))}.}}",
+             rf"\begin{{tabular}}{{ll{'r' * n * len(table.models)}}}", r"\toprule",
+             rf" & & {groups} \\", rules, rf"Dataset & Method & {names} \\"]
+    for dataset in table.datasets:
+        lines.append(r"\midrule")
+        for i, method in enumerate(table.methods):
+            row = [_latex(DATASET_NAMES.get(dataset, dataset)) if i == 0 else "", _latex(METHOD_NAMES.get(method, method))]
+            row += [texts[(dataset, method, m, x)] for m in table.models for x in table.metrics]
+            lines.append(" & ".join(row) + r" \\")
+    note = _note(table, lambda s: f"$^{{{s}}}$", r"$^\dagger$", "---", less="$<$")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", rf"{{\footnotesize {note}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(text: str) -> str:
+    """Escape LaTeX's special characters in plain text (names, captions)."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(c, c) for c in text)
+
+
+def to_csv(table: ComparisonTable) -> str:
+    """One line per table position, ids as in the files, mean and std in %, missing values as n/a."""
+    frame = table.cells.assign(mean_pct=table.cells["mean"] * 100, std_pct=table.cells["std"] * 100,
+                               versus=table.versus, test=table.test, correction=table.correction or "none")
+    columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config",
+               "versus", "test", "correction", "p_value", "p_adjusted", "marker", "best"]
+    return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
+
+
+def comparison_table(experiment_dir: str | Path, fmt: str = "md", metrics=("recall@10", "ndcg@10"),
+                     versus: str = "softrec", test: str = "ttest", correction: str | None = None,
+                     selection_metric: str = "ndcg@10", n_resamples: int = 10000, seed: int = 0) -> str:
+    """Table 2 (or Table 3 with metrics=("recall+@10", "ndcg+@10")) of `experiment_dir` as text.
+
+    fmt: "md" | "latex" | "csv"; versus: the method every other is tested against ("softrec" as in
+    the paper, or "base"); test: "ttest" | "wilcoxon" | "randomisation" (n_resamples, seed);
+    correction: None | "holm" (across the table's comparisons).
+    """
+    if fmt not in FORMATS:
+        raise CSRecError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    table = build_table(collect(experiment_dir), metrics, versus, test, correction, selection_metric, n_resamples, seed)
+    return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](table)

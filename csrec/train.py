@@ -1,0 +1,275 @@
+"""fit(): epochs of Adam on shuffled mini-batches, early stopping on a validation score, epoch
+checkpoints and exact resume. Training computes no metrics; the caller's `validate` does.
+
+Paper 4.1.4: Adam, lr 1e-3, the best epoch selected on validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from csrec.data.samples import Samples
+from csrec.errors import CSRecError, NonFiniteLossError
+from csrec.objectives import CrossEntropy
+
+# Config fields that change what is computed: a checkpoint written under other values cannot resume.
+_RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 256  # training samples per Adam step
+    learning_rate: float = 1e-3  # Adam step size (paper 4.1.4)
+    weight_decay: float = 0.0  # Adam L2 weight decay
+    max_epochs: int = 100  # upper bound on epochs
+    patience: int = 10  # stop after this many epochs without a better validation score
+    seed: int = 0  # seeds the shuffling of every epoch (model init: seed_everything, the caller's)
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N"
+    eval_batch_size: int = 1024  # users scored at once during evaluation
+    num_threads: int | None = None  # torch CPU threads; None leaves the process setting alone
+    progress: bool = True  # print one line per epoch
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise CSRecError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise CSRecError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise CSRecError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.seed < 0:
+            raise CSRecError(f"train.seed must be >= 0, got {self.seed}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise CSRecError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise CSRecError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What an objective sees besides the logits, as tensors on the training device."""
+
+    index: torch.Tensor  # [B] int64 positions into the training Samples (for cached teachers)
+    item_seq: torch.Tensor  # [B, L] int64
+    lengths: torch.Tensor  # [B] int64
+    targets: torch.Tensor  # [B] int64
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float  # mean over training samples of objective + regularization
+    valid_score: float  # what validate(model) returned after this epoch
+    seconds: float  # training plus validation time of this epoch
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a CUDA request without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CSRecError(f"train.device is {device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): call before building the model."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling RNG of one epoch: a function of (seed, epoch) only, so resume needs no state."""
+    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(state)
+
+
+def fit(model: nn.Module, train: Samples, validate: Callable[[nn.Module], float], config: TrainConfig,
+        objective: nn.Module | None = None, checkpoint_path: Path | None = None,
+        on_epoch_end: Callable[[EpochRecord], None] | None = None) -> FitResult:
+    """Train `model` on `train`, keep the epoch with the highest validate(model), load its weights.
+
+    Stops after `config.patience` epochs without improvement. After every epoch the full state is
+    written atomically to `checkpoint_path`; if that file exists, training resumes from it and ends
+    exactly as an uninterrupted run would (same seed and device). A NaN or inf loss raises
+    NonFiniteLossError and leaves the last complete epoch's checkpoint as it was. `on_epoch_end`
+    runs after the epoch's checkpoint is written, so an exception there loses no finished epoch.
+    """
+    if len(train) == 0:
+        raise CSRecError("the training set is empty; check the data filters and the protocol")
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    model.to(device)
+    objective = (objective if objective is not None else CrossEntropy()).to(device)
+    optimizer = torch.optim.Adam(_parameters(model, objective), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    state = _State(best_model=_copy(model), best_objective=_copy(objective))
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = _resume(checkpoint_path, model, objective, optimizer, config, len(train))
+    data = _to_device(train, device)
+    epoch = state.epoch
+    while not state.stopped_early and epoch < config.max_epochs:
+        epoch += 1
+        started = time.perf_counter()
+        loss = _train_epoch(model, objective, optimizer, data, config, epoch)
+        score = float(validate(model))
+        if not np.isfinite(score):
+            raise CSRecError(f"validate() returned {score} after epoch {epoch}; it must return a finite score")
+        record = EpochRecord(epoch, loss, score, time.perf_counter() - started)
+        state.update(record, model, objective, config.patience)
+        if checkpoint_path is not None:
+            _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device)
+        if config.progress:
+            print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {score:.4f}  best {state.best_score:.4f} "
+                  f"@ {state.best_epoch}  {record.seconds:.1f}s", flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    model.load_state_dict(state.best_model)
+    objective.load_state_dict(state.best_objective)
+    return FitResult(state.best_epoch, state.best_score, list(state.history), state.stopped_early)
+
+
+@dataclass
+class _State:
+    """Everything about the run so far that is not a module or optimizer state."""
+
+    best_model: dict
+    best_objective: dict
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def update(self, record: EpochRecord, model: nn.Module, objective: nn.Module, patience: int) -> None:
+        self.epoch = record.epoch
+        self.history.append(record)
+        if record.valid_score > self.best_score:
+            self.best_epoch, self.best_score = record.epoch, record.valid_score
+            self.best_model, self.best_objective = _copy(model), _copy(objective)
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        self.stopped_early = self.epochs_without_improvement >= patience
+
+
+def _train_epoch(model, objective, optimizer, data: dict, config: TrainConfig, epoch: int) -> float:
+    """One pass over the shuffled training set; returns the sample-weighted mean loss."""
+    model.train()
+    objective.train()
+    n = len(data["targets"])
+    order = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(data["targets"].device)  # [N]
+    n_batches = (n + config.batch_size - 1) // config.batch_size
+    # Losses stay on the device and are checked once per epoch: no host sync per batch. A non-finite
+    # batch only spoils weights that are discarded, since the error is raised before the checkpoint.
+    losses = torch.empty(n_batches, device=order.device)  # [n_batches]
+    for b in range(n_batches):
+        index = order[b * config.batch_size:(b + 1) * config.batch_size]  # [B]
+        batch = Batch(index, data["item_seq"][index], data["lengths"][index], data["targets"][index])
+        logits = model(batch.item_seq, batch.lengths)  # [B, n_items + 1]
+        loss = objective(logits, batch) + model.regularization()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[b] = loss.detach() * len(index)
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise NonFiniteLossError(
+            f"the training loss is {float(losses[bad])} at epoch {epoch}, batch {bad + 1} of {n_batches}: "
+            f"lower train.learning_rate (now {config.learning_rate}) or check the data and the objective")
+    return float(losses.sum()) / n
+
+
+def _to_device(train: Samples, device: torch.device) -> dict[str, torch.Tensor]:
+    """The training arrays as tensors on the device, once (a few MB even for Yelp's 250k samples)."""
+    arrays = {"item_seq": train.item_seq, "lengths": train.lengths, "targets": train.targets}
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.int64)).to(device) for k, v in arrays.items()}
+
+
+def _parameters(model: nn.Module, objective: nn.Module) -> list[nn.Parameter]:
+    """Model and objective parameters (CSRec-T's noise matrix), each once, in one Adam."""
+    seen, params = set(), []
+    for p in list(model.parameters()) + list(objective.parameters()):
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def _copy(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save(path: Path, state: _State, model, objective, optimizer, config: TrainConfig, n_train: int,
+          device: torch.device) -> None:
+    """Write the checkpoint to a temporary file next to `path`, then rename: never half a file."""
+    payload = {
+        "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+        "state": {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        | {"history": [dataclasses.asdict(r) for r in state.history]},
+        "config": dataclasses.asdict(config), "n_train": n_train,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int) -> _State:
+    """Load a checkpoint written by `_save` into the modules and return the run's state."""
+    try:
+        # Our own file; weights_only=False because it holds the python and numpy RNG states.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CSRecError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
+    saved = payload["config"]
+    changed = [f"{k}: {saved[k]} -> {getattr(config, k)}" for k in _RESUME_FIELDS if saved[k] != getattr(config, k)]
+    if changed or payload["n_train"] != n_train:
+        what = ", ".join(changed) or f"training samples: {payload['n_train']} -> {n_train}"
+        raise CSRecError(f"the checkpoint {path} was written by another run ({what}); "
+                         "restore those settings or delete the checkpoint to start over")
+    model.load_state_dict(payload["model"])
+    objective.load_state_dict(payload["objective"])
+    optimizer.load_state_dict(payload["optimizer"])
+    rng = payload["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"], next(model.parameters()).device)
+    state = dict(payload["state"])
+    state["history"] = [EpochRecord(**r) for r in state["history"]]
+    return _State(**state)

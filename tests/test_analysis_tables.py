@@ -1,0 +1,322 @@
+"""analysis.collect and analysis.tables on small fixed experiment directories built here.
+
+The builder writes what the runner writes (docs/FORMATS.md) through the real Store (checksummed
+meta.json) and the real metric code (csrec.evaluate.compute_metrics), from per-user ranks given by
+fixed arithmetic (no random numbers), so the golden tables under tests/fixtures/analysis/ are
+stable. Set CSREC_UPDATE_GOLDEN=1 to rewrite them after a deliberate change, then read the diff.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import build_table, cell_numbers, collect, comparison_table, comparisons, select
+from analysis.collect import config_label
+from analysis.significance import per_user_metric
+from csrec.errors import CSRecError
+from csrec.evaluate import compute_metrics
+from csrec.store import Store, config_key
+
+GOLDEN = Path(__file__).parent / "fixtures" / "analysis"
+N_USERS = 80
+MODELS = ("gru4rec", "sasrec")
+METHODS = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t")
+# method -> its configs: (params, valid gain, test gain); a gain lowers most users' ranks (see _ranks).
+CONFIGS = {
+    "base": [({}, 0, 0)],
+    "softrec": [({"beta": 0.5, "temperature": 3.0}, 2, 2), ({"beta": 0.75, "temperature": 3.0}, 1, 1)],
+    # the best on validation (beta 0.25) is not the best on test (beta 0.75): selection must ignore test
+    "csrec-m": [({"beta": 0.25, "temperature": 3.0}, 5, 5), ({"beta": 0.75, "temperature": 3.0}, 3, 8)],
+    "csrec-d": [({"beta": 0.5, "temperature": 6.0}, 4, 4)],
+    "csrec-t": [({"alpha": 0.5, "beta": 0.5, "temperature": 3.0}, 3, 3)],
+}
+RERUN_SEEDS = (1, 2)
+
+
+def _ranks(split: str, dataset: str, model: str, gain: int, seed: int) -> np.ndarray:
+    """Fixed per-user ranks: a base pattern, improved by `gain` places for users u % 3 != 0 (so the
+    improvement is steady, testably significant) and perturbed for a few users by the seed."""
+    u = np.arange(N_USERS)
+    salt = len(dataset) * 3 + len(model) + (7 if split == "valid" else 0)
+    rank = 1 + (u * 37 + salt) % 25
+    rank = np.where(u % 3 != 0, rank - gain, rank)
+    rank = np.where((u + 5 * seed) % 11 == 0, rank + 4 + seed, rank)
+    return np.maximum(rank, 1).astype(np.int64)
+
+
+def _ratings(dataset: str) -> np.ndarray | None:
+    return (1.0 + (np.arange(N_USERS) * 7) % 5) if dataset == "ml-100k" else None
+
+
+def write_trial(store: Store, dataset: str, model: str, method: str, params: dict, seed: int, stage: str,
+                gains: tuple[int, int]) -> str:
+    """One finished trial as the runner writes it: result.json + per_user.parquet + meta.json."""
+    record = {"dataset": dataset, "model": model, "method": method, "seed": seed, "stage": stage,
+              "params": {"alpha": None, "beta": None, "temperature": None} | params}
+    key = config_key(record)
+    ratings = _ratings(dataset)
+    frames, metrics = [], {}
+    for split, gain in zip(("valid", "test"), gains):
+        ranks = _ranks(split, dataset, model, gain if method != "base" else 0, seed)
+        metrics[split] = compute_metrics(ranks, ratings)
+        frames.append(pd.DataFrame({"split": split, "sequence": np.arange(N_USERS), "user": [f"u{i}" for i in range(N_USERS)],
+                                    "target": 1 + np.arange(N_USERS) % 30, "rank": ranks,
+                                    "rating": ratings if ratings is not None else np.nan, "input_length": 5}))
+    result = record | {"key": key, "best_epoch": 3} | metrics
+
+    def fill(folder: Path) -> None:
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        pd.concat(frames, ignore_index=True).to_parquet(folder / "per_user.parquet", index=False)
+
+    store.write("trials", key, record, fill)
+    return key
+
+
+def build_experiment(root: Path, datasets=("lastfm", "ml-100k"), skip=(), reruns=True) -> Path:
+    """A finished (or, with `skip` cells, partial) experiment: search trials on seed 0, the best
+    configuration rerun on seeds 1 and 2 for every cell but (lastfm, sasrec, *) (search fallback)."""
+    store = Store(root / "store")
+    plan = []
+    for dataset in datasets:
+        (root / "datasets").mkdir(parents=True, exist_ok=True)
+        (root / "datasets" / f"{dataset}.json").write_text(json.dumps({"n_items": 30, "item_train_counts": [0] + [5] * 30}))
+        for model in MODELS:
+            for method in METHODS:
+                configs = CONFIGS[method]
+                plan += [{"dataset": dataset, "model": model, "method": method, "seed": 0, "stage": "search",
+                          "params": params} for params, *_ in configs]
+                if (dataset, model, method) in skip:
+                    continue
+                for params, valid_gain, test_gain in configs:
+                    write_trial(store, dataset, model, method, params, 0, "search", (valid_gain, test_gain))
+                if reruns and (dataset, model) != ("lastfm", "sasrec"):
+                    params, valid_gain, test_gain = max(configs, key=lambda c: c[1])
+                    for seed in RERUN_SEEDS:
+                        write_trial(store, dataset, model, method, params, seed, "seeds", (valid_gain, test_gain))
+    (root / "plan.json").write_text(json.dumps({"teachers": [], "trials": plan, "tpe_cells": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    return build_experiment(tmp_path_factory.mktemp("experiment"))
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory) -> Path:
+    """Two cells never ran (one is ML-100K/GRU4Rec's SoftRec, the reference), one rerun is damaged,
+    one trial directory has no meta.json yet (still running)."""
+    root = build_experiment(tmp_path_factory.mktemp("partial"),
+                            skip={("lastfm", "sasrec", "csrec-t"), ("ml-100k", "gru4rec", "softrec")})
+    store = Store(root / "store")
+    damaged = write_trial(store, "ml-100k", "sasrec", "csrec-d", {"beta": 0.5, "temperature": 6.0}, 9, "seeds", (4, 4))
+    with open(root / "store" / "trials" / damaged / "per_user.parquet", "ab") as handle:
+        handle.write(b"truncated?")
+    running = write_trial(store, "ml-100k", "sasrec", "csrec-t", CONFIGS["csrec-t"][0][0], 3, "seeds", (3, 3))
+    (root / "store" / "trials" / running / "meta.json").unlink()
+    return root
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("CSREC_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} is missing; run with CSREC_UPDATE_GOLDEN=1 once and check it"
+    assert text == path.read_text()
+
+
+def _markdown_cells(markdown: str) -> dict[tuple[str, str], list[str]]:
+    """(dataset, method) -> the cells of its row, from a Markdown table (dataset named on a block's first row)."""
+    cells, dataset = {}, ""
+    for line in markdown.splitlines():
+        if not line.startswith("| ") or line.startswith("| Dataset"):
+            continue
+        parts = [part.strip() for part in line.strip("|").split("|")]
+        dataset = parts[0] or dataset
+        cells[(dataset, parts[1])] = parts[2:]
+    return cells
+
+
+def test_collect_is_tidy_and_matches_the_files(experiment):
+    collection = collect(experiment)
+    results, trials = collection.results, collection.trials
+    assert len(trials) == 58 and collection.unfinished.empty and collection.missing_cells == []
+    assert list(results.columns) == ["key", "dataset", "model", "method", "config", "seed", "stage", "alpha", "beta",
+                                     "temperature", "split", "metric", "value"]
+    assert set(results["split"]) == {"valid", "test"} and set(results["stage"]) == {"search", "seeds"}
+    # lastfm has no ratings: 9 metrics a split; ml-100k adds recall+@k and ndcg+@k
+    per_trial = results.groupby("key").size()
+    assert set(per_trial[trials.set_index("key")["dataset"] == "lastfm"]) == {18}
+    assert set(per_trial[trials.set_index("key")["dataset"] == "ml-100k"]) == {30}
+    row = trials[(trials["method"] == "csrec-t")].iloc[0]
+    assert (row["alpha"], row["beta"], row["temperature"]) == (0.5, 0.5, 3.0)
+    assert row["config"] == "alpha=0.5 beta=0.5 temperature=3.0" and config_label({"beta": None}) == "default"
+    # the per-user arrays are those of the trial: their mean is the result.json number
+    key = row["key"]
+    value = results[(results["key"] == key) & (results["split"] == "test") & (results["metric"] == "ndcg@10")]["value"]
+    assert per_user_metric(collection.per_user(key), "ndcg@10").mean() == pytest.approx(value.item(), rel=1e-12)
+    assert collection.dataset_info("lastfm")["n_items"] == 30
+
+
+def test_collect_reports_what_is_missing(partial):
+    collection = collect(partial)
+    assert collection.missing_cells == [("lastfm", "sasrec", "csrec-t"), ("ml-100k", "gru4rec", "softrec")]
+    unfinished = collection.unfinished.set_index("method")
+    assert set(unfinished.index) == {"csrec-d", "csrec-t"}
+    assert unfinished.loc["csrec-t", "reason"] == "no meta.json (unfinished)"
+    assert "per_user.parquet does not match its checksum" in unfinished.loc["csrec-d", "reason"]
+    # the damaged rerun is left out: the cell reports its search run and its two intact reruns
+    chosen = select(collection)[("ml-100k", "sasrec", "csrec-d")]
+    assert len(chosen.keys) == 3 and unfinished.loc["csrec-d", "key"] not in chosen.keys
+    report = collection.report()
+    assert "cells with no finished trial: 2 of 20" in report and "ml-100k/gru4rec/softrec" in report
+    assert report.count("unfinished ") == 2
+    with pytest.raises(CSRecError, match="not a finished trial"):
+        collection.per_user(unfinished.loc["csrec-t", "key"])
+
+
+def test_selection_never_looks_at_test(experiment):
+    collection = collect(experiment)
+    search = collection.results[(collection.results["stage"] == "search") & (collection.results["metric"] == "ndcg@10")
+                                & (collection.results["dataset"] == "lastfm") & (collection.results["model"] == "gru4rec")
+                                & (collection.results["method"] == "csrec-m")]
+    best_on = {split: search[search["split"] == split].set_index("config")["value"].idxmax() for split in ("valid", "test")}
+    assert best_on["valid"] != best_on["test"]  # the fixture's premise
+    chosen = select(collection)[("lastfm", "gru4rec", "csrec-m")]
+    assert chosen.config == best_on["valid"] == "beta=0.25 temperature=3.0"
+
+
+def test_selection_averages_search_seeds_and_reports_reruns(tmp_path, experiment):
+    store = Store(tmp_path / "store")
+    lucky, steady = {"beta": 0.25, "temperature": 1.0}, {"beta": 0.5, "temperature": 1.0}
+    write_trial(store, "yelp", "narm", "csrec-d", lucky, 0, "search", (9, 0))  # best single trial...
+    write_trial(store, "yelp", "narm", "csrec-d", lucky, 1, "search", (0, 0))  # ...but mean gain 4.5 vs 6
+    for seed in (0, 1):
+        write_trial(store, "yelp", "narm", "csrec-d", steady, seed, "search", (6, 6))
+    chosen = select(collect(tmp_path))  # no plan.json: the cells are those found
+    assert chosen[("yelp", "narm", "csrec-d")].config == "beta=0.5 temperature=1.0"
+    assert chosen[("yelp", "narm", "csrec-d")].source == "search" and len(chosen[("yelp", "narm", "csrec-d")].keys) == 2
+
+    collection = collect(experiment)
+    chosen = select(collection)
+    numbers = cell_numbers(collection, chosen, "recall@10").set_index(["dataset", "model", "method"])
+    test = collection.results[(collection.results["split"] == "test") & (collection.results["metric"] == "recall@10")]
+    runs = test[test["key"].isin(chosen[("lastfm", "gru4rec", "csrec-d")].keys)]
+    assert sorted(runs["stage"]) == ["search", "seeds", "seeds"]
+    reruns = runs["value"]
+    row = numbers.loc[("lastfm", "gru4rec", "csrec-d")]
+    assert (row["source"], row["n_runs"]) == ("seeds", 3)  # the search run and its two reruns
+    assert row["mean"] == pytest.approx(reruns.mean()) and row["std"] == pytest.approx(reruns.std(ddof=1))
+    fallback = numbers.loc[("lastfm", "sasrec", "csrec-d")]
+    assert (fallback["source"], fallback["n_runs"]) == ("search", 1) and np.isnan(fallback["std"])
+
+
+def test_markers_are_the_paired_test_of_the_reported_runs(experiment):
+    collection = collect(experiment)
+    chosen = select(collection)
+    table = comparisons(collection, chosen, ("recall@10",), versus="softrec").set_index(["dataset", "model", "method"])
+    assert len(table) == 2 * 2 * 4 and "softrec" not in table.index.get_level_values("method")
+
+    def vector(method):
+        runs = [per_user_metric(collection.per_user(k), "recall@10") for k in chosen[("ml-100k", "gru4rec", method)].keys]
+        return pd.concat(runs, axis=1).mean(axis=1)
+
+    expected = stats.ttest_rel(vector("csrec-t"), vector("softrec"))
+    row = table.loc[("ml-100k", "gru4rec", "csrec-t")]
+    assert row["p_value"] == pytest.approx(expected.pvalue, rel=1e-12) and row["n_users"] == N_USERS
+    assert row["marker"] == ("**" if expected.pvalue < 0.05 else "*" if expected.pvalue < 0.1 else "")
+    assert row["mean_difference"] == pytest.approx((vector("csrec-t") - vector("softrec")).mean())
+    holm = comparisons(collection, chosen, ("recall@10",), correction="holm")
+    assert (holm["p_adjusted"] >= holm["p_value"]).all()
+    assert holm["p_adjusted"].min() == pytest.approx(holm["p_value"].min() * len(holm))
+    versus_base = comparisons(collection, chosen, ("ndcg@10",), versus="base", bootstrap=200)
+    assert set(versus_base["method"]) == {"softrec", "csrec-m", "csrec-d", "csrec-t"}
+    assert (versus_base["ci_low"] <= versus_base["mean_difference"]).all()
+    assert (versus_base["mean_difference"] <= versus_base["ci_high"]).all()
+
+
+def test_golden_tables(experiment):
+    _golden("table2.md", comparison_table(experiment))
+    _golden("table2.tex", comparison_table(experiment, fmt="latex"))
+    _golden("table3.md", comparison_table(experiment, metrics=("recall+@10", "ndcg+@10")))
+
+
+def test_bold_marks_the_best_of_each_column(experiment):
+    table = build_table(collect(experiment))
+    cells = table.cells
+    for (dataset, model, metric), group in cells.groupby(["dataset", "model", "metric"]):
+        best = group.loc[group["mean"].idxmax(), "method"]
+        assert list(group.loc[group["best"], "method"]) == [best]
+    shown = _markdown_cells(comparison_table(experiment))
+    assert all(text.startswith("**") for text in shown[("Last.FM", "CSRec-M")])  # bold in all four columns
+    assert not any(text.startswith("**") for key, row in shown.items() if key[1] != "CSRec-M" for text in row)
+    # ties at the shown precision are all bold (ML-100K/SASRec Recall+@10: 54.688 three times)
+    plus = build_table(collect(experiment), metrics=("recall+@10",)).cells
+    tied = plus[(plus["model"] == "sasrec") & plus["best"]]
+    assert sorted(tied["method"]) == ["csrec-d", "csrec-m", "csrec-t"]
+
+
+def test_partial_experiment_gives_a_table_with_missing_cells(partial):
+    markdown = comparison_table(partial)
+    _golden("partial.md", markdown)
+    cells = _markdown_cells(markdown)
+    assert len(cells) == 10 and all(len(row) == 4 for row in cells.values())
+    assert cells[("Last.FM", "CSRec-T")][2:] == ["—", "—"]  # SASRec columns
+    assert cells[("ML-100K", "SoftRec")][:2] == ["—", "—"]  # GRU4Rec columns
+    missing = [(key, i) for key, row in cells.items() for i, text in enumerate(row) if text == "—"]
+    assert len(missing) == 4
+    # ML-100K/GRU4Rec has no SoftRec, so nothing there is tested against it; SASRec still is
+    assert not any("\\*" in cells[("ML-100K", method)][i] for method in ("Base", "CSRec-M", "CSRec-D") for i in (0, 1))
+    assert "\\*" in cells[("ML-100K", "CSRec-M")][3]
+    latex = comparison_table(partial, fmt="latex")
+    assert latex.count(" & ---") == 4
+    frame = pd.read_csv(io.StringIO(comparison_table(partial, fmt="csv")))
+    assert frame["mean_pct"].isna().sum() == 4 and len(frame) == 2 * 5 * 2 * 2
+
+
+def test_csv_holds_every_position(experiment):
+    frame = pd.read_csv(io.StringIO(comparison_table(experiment, fmt="csv", correction="holm")))
+    assert len(frame) == 40 and frame["mean_pct"].notna().all()
+    assert frame["p_value"].notna().sum() == 32 and (frame["correction"] == "holm").all()
+    row = frame[(frame["dataset"] == "lastfm") & (frame["method"] == "csrec-m") & (frame["model"] == "gru4rec")
+                & (frame["metric"] == "recall@10")].iloc[0]
+    assert row["best"] and row["config"] == "beta=0.25 temperature=3.0" and row["source"] == "seeds"
+
+
+def test_table_options_and_errors(experiment, tmp_path):
+    holm_md = comparison_table(experiment, correction="holm", test="wilcoxon")
+    assert "Holm-adjusted across the table's 32 comparisons" in holm_md and "Wilcoxon" in holm_md
+    assert "(1000 resamples, seed 3)" in comparison_table(experiment, test="randomisation", n_resamples=1000, seed=3)
+    assert "against Base" in comparison_table(experiment, versus="base")
+    for kwargs, message in [({"fmt": "html"}, "md, latex, csv"), ({"metrics": ("ndcg@15",)}, "not in the results"),
+                            ({"metrics": ("hits@10",)}, "name@k"), ({"versus": "csrec"}, "versus"),
+                            ({"correction": "bonferroni"}, "holm"), ({"selection_metric": "ndcg@15"}, "selection")]:
+        with pytest.raises(CSRecError, match=message):
+            comparison_table(experiment, **kwargs)
+    lastfm_only = build_experiment(tmp_path / "lastfm", datasets=("lastfm",), reruns=False)
+    with pytest.raises(CSRecError, match="has ratings"):
+        comparison_table(lastfm_only, metrics=("recall+@10", "ndcg+@10"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CSRecError, match="nothing to tabulate"):
+        comparison_table(tmp_path / "empty")
+    with pytest.raises(CSRecError, match="does not exist"):
+        comparison_table(tmp_path / "nowhere")
+
+
+def test_analysis_never_imports_torch_or_ray(experiment):
+    code = ("import sys; from analysis import comparison_table; comparison_table(sys.argv[1]); "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(experiment)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
