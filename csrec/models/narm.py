@@ -1,8 +1,8 @@
-"""NARM (Li et al., CIKM 2017), built as RecBole and the CSRec reference build it.
+"""NARM (Li et al., CIKM 2017), built as RecBole builds it.
 
 A GRU encodes the sequence; the global encoder's representation is the last real state h_t, the
 local encoder attends over all real states with alpha_tj = v^T sigmoid(A1 h_j + A2 h_t) (NARM's
-Eq. 7-8, no softmax) and c_local = sum_j alpha_tj h_j. The concatenation [c_local; c_global] goes
+attention, no softmax) and c_local = sum_j alpha_tj h_j. The concatenation [c_local; c_global] goes
 through dropout and NARM's bilinear decoder matrix B, which RecBole (and we) apply as a linear
 projection to the embedding size, so that scores are tied to the item embedding.
 CSRec paper 4.1.4: hidden 128, 1 layer, dropouts 0.25 (embedding) and 0.5 (context).

@@ -25,7 +25,7 @@ class LiveView(Callback):
 
     def teachers(self, done: int, running: int, pending: int, total: int) -> None:
         self.experiment.progress(teachers_done=done, teachers_running=running, teachers_pending=pending)
-        self._maybe(f"teachers: {done} done, {running} running, {pending} pending (of {total})")
+        self._maybe(f"teachers: {done} done, {running} submitted to Ray, {pending} waiting for their own teachers (of {total})")
 
     def _trial(self, tune_trial):
         point = (tune_trial.config or {}).get("point")

@@ -41,6 +41,10 @@ TRAINABLE = "csrec_student"
 def start_ray(address: str | None = None, log=print) -> None:
     """Join `address` (or RAY_ADDRESS); without either, start Ray in this process."""
     address = address or os.environ.get("RAY_ADDRESS")
+    # One checkpoint a trial epoch is the design (resume from the last epoch); Tune's warning about
+    # frequent snapshots, and Optuna's about a finished grid stopping its study, are expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if ray.is_initialized():
         return
     if address:
