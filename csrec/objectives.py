@@ -51,6 +51,7 @@ class FrozenTeachers(nn.Module):
         # Not persistent: rebuilt from the teacher artifacts, kept out of the student's checkpoints.
         self.register_buffer("hidden", hidden, persistent=False)
         self.register_buffer("items", items, persistent=False)
+        self.register_buffer("items_side_by_side", items.permute(1, 0, 2).flatten(1), persistent=False)  # [N, m*H]
 
     @property
     def m(self) -> int:
@@ -63,13 +64,19 @@ class FrozenTeachers(nn.Module):
         z[:, :, 0] = PADDING_SCORE
         return z
 
-    def mean_logits(self, index: torch.Tensor) -> torch.Tensor:
-        """The paper's ensemble e = mean_k z_k in one product: [B, m*H] x [m*H, N] / m -> [B, N]."""
-        h = self.hidden[index].flatten(1)  # [B, m*H]
-        items = self.items.permute(1, 0, 2).flatten(1)  # [N, m*H]
-        e = h @ items.T / self.m  # [B, N]
+    def mean_logits(self, index: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The paper's ensemble e = mean_k z_k in one product, times `scale` (1 / T folded into the
+        small [B, m*H] factor): [B, m*H] x [m*H, N] -> [B, N]."""
+        h = self.hidden[index].flatten(1) * (scale / self.m)  # [B, m*H]
+        e = h @ self.items_side_by_side.T  # [B, N]
         e[:, 0] = PADDING_SCORE
         return e
+
+    def mean_logits_probs(self, index: torch.Tensor, temperature: float) -> torch.Tensor:
+        """softmax(e / T) over the real items for the paper's ensemble: [B, N], padding column 0."""
+        e = self.mean_logits(index, 1.0 / temperature)  # [B, N]
+        e[:, 0] = float("-inf")  # exactly 0 there, whatever T
+        return torch.softmax(e, dim=-1)
 
 
 class SoftLabelStudent(nn.Module):
@@ -95,12 +102,12 @@ class SoftLabelStudent(nn.Module):
         if self.teacher is None:
             return self.popularity_probs.expand(len(index), -1)
         if self.teacher.m == 1 or self.ensemble == "mean_logits":
-            return losses.tempered_softmax(self.teacher.mean_logits(index), self.temperature)
+            return self.teacher.mean_logits_probs(index, self.temperature)
         return ensemble_probs(self.teacher.logits(index), self.temperature, "mean_probs", self.weights)
 
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
-        soft = losses.soft_label(self.teacher_probs(batch.index), batch.targets)  # [B, N]
-        return losses.student_loss(logits, batch.targets, soft, self.beta, self.kl_direction)
+        probs = self.teacher_probs(batch.index)  # [B, N]
+        return losses.student_loss_from_teacher(logits, batch.targets, probs, self.beta, self.kl_direction)
 
 
 class TrainingLevelTeacher(nn.Module):
