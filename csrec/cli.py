@@ -29,15 +29,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="cut windows as the reference code does (head window overlaps the next)")
     d.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None,
                    help="mask items already in the input before ranking (default: on for windows)")
-    d.add_argument("--no-exclude-history", dest="exclude_history", action="store_false")
+    d.add_argument("--no-exclude-history", dest="exclude_history", action="store_false",
+                   help="rank every item, including those already in the input (default for user_loo)")
     d.add_argument("--user-min-count", type=int, default=5, help="k-core: least interactions per user")
     d.add_argument("--item-min-count", type=int, default=5, help="k-core: least interactions per item")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=100, help="most epochs")
     t.add_argument("--patience", type=int, default=10, help="epochs without better validation NDCG@10 before stopping")
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=256, help="training samples per Adam step")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the shuffling")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s = p.add_argument_group("soft labels (CSRec)")
@@ -53,7 +54,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="KL(r || P_student) (reference code) or KL(P_student || r) (Eq. 15 as written)")
     s.add_argument("--no-noise-term", dest="noise_term", action="store_false",
                    help="CSRec-T without the noise-matrix term (Fig. 7 ablation)")
-    s.add_argument("--noise-parametrization", default="stochastic", choices=["stochastic", "reference"])
+    s.add_argument("--noise-parametrization", default="stochastic", choices=["stochastic", "reference"],
+                   help="CSRec-T noise matrix h = M N: softmax factors whose columns sum to 1 (stochastic), "
+                        "or the reference code's sigmoid form")
     s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
 
 
@@ -169,7 +172,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _add_table(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="experiment directory")
-    p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX or CSV")
     p.add_argument("--metric", nargs="+", default=["recall@10", "ndcg@10"], help="metrics (columns per model)")
     p.add_argument("--vs", default="softrec", choices=["softrec", "base"], help="the method every other is tested against")
     p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation"], help="paired test")

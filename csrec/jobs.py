@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -89,6 +90,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     """
     if store.verify(MODELS, job.key):
         return read_result(store, job)
+    started = time.time()
     device = resolve_device(job.train.device)
     splits = splits_for(job)
     seed_everything(job.seed)
@@ -102,18 +104,20 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     fitted = fit(model, splits.train, validate, job.train, objective, checkpoint, on_epoch_end)
-    _store_model(job, store, model, splits, fitted, exclude)
+    _store_model(job, store, model, splits, fitted, exclude, started)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)
 
 
-def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool) -> None:
+def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool,
+                 started: float) -> None:
     valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size)
     test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size)
     result = {
         "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch,
         "valid": valid.metrics(), "test": test.metrics(),
         "history": [dataclasses.asdict(r) for r in fitted.history],
+        "started": started, "seconds": time.time() - started,  # this process's run (a resume: since resuming)
     }
     users = splits.data.users
 

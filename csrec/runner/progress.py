@@ -25,7 +25,10 @@ class LiveView(Callback):
 
     def teachers(self, done: int, running: int, pending: int, total: int) -> None:
         self.experiment.progress(teachers_done=done, teachers_running=running, teachers_pending=pending)
-        self._maybe(f"teachers: {done} done, {running} submitted to Ray, {pending} waiting for their own teachers (of {total})")
+        line = f"teachers: {done} done, {running} submitted to Ray, {pending} waiting for their own teachers (of {total})"
+        if line != getattr(self, "_last_teachers", None):
+            self._last_teachers = line
+            self.log(line)
 
     def _trial(self, tune_trial):
         point = (tune_trial.config or {}).get("point")

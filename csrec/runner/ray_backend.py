@@ -51,7 +51,9 @@ def start_ray(address: str | None = None, log=print) -> None:
         ray.init(address=address, log_to_driver=False)
         log(f"ray: joined the cluster at {address}: {ray.cluster_resources()}")
     else:
-        ray.init(include_dashboard=False, log_to_driver=False,
+        # "local": a new instance even when `ray start` left its address in RAY_TMPDIR's
+        # ray_current_cluster (address=None would join that cluster instead, or fail on the cap).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024 * 1024, configure_logging=False)
         log(f"ray: started in this process: {ray.cluster_resources()}")
 
@@ -70,16 +72,21 @@ def threads(resources: Resources) -> int:
 
 
 @ray.remote(max_retries=3)
-def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int) -> str:
+def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int) -> tuple[str, str]:
+    """Returns the job's key and the Ray node it ran on (logged: where did the teachers go)."""
     import torch
 
     torch.set_num_threads(num_threads)
     train_job(job, Store(store_root), Path(work_dir))
-    return job.key
+    return job.key, ray.get_runtime_context().get_node_id()
 
 
 def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: str, num_threads: int) -> None:
-    """One Tune trial: the student `config["point"]` of the stage's trial list."""
+    """One Tune trial: the student `config["point"]` of the stage's trial list.
+
+    Its last report also says where it ran ("node_id") and on which GPUs ("gpu_ids", comma-separated
+    ids Ray gave it, "" on CPU): with fractional GPU requests, several trials show the same id.
+    """
     import torch
 
     torch.set_num_threads(num_threads)
@@ -102,7 +109,9 @@ def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: 
 
     result = run_trial(trial, store, Path(work_dir), report_epoch)
     tune.report({"epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
-                 f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True})
+                 f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
+                 "node_id": ray.get_runtime_context().get_node_id(),
+                 "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())})
 
 
 class RayBackend:
@@ -114,6 +123,7 @@ class RayBackend:
         resources = feasible(experiment.spec.teacher_resources, self.log)
         task = _train_model_task.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
         pending = {job.key: job for job in jobs}
+        jobs_by_key = dict(pending)
         running: dict = {}
         done = 0
         view = LiveView(experiment, self.log)
@@ -125,7 +135,8 @@ class RayBackend:
                     del pending[key]
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
             for ref in ready:
-                ray.get(ref)  # a task that failed all its retries raises here, with its error
+                key, node = ray.get(ref)  # a task that failed all its retries raises here, with its error
+                self.log(f"teacher {jobs_by_key[key].describe()} [{key}]: trained on node {node}")
                 done += 1
                 del running[ref]
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
