@@ -84,7 +84,7 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     table = grid.merge(numbers, on=keys, how="left").merge(
         tests[keys + ["p_value", "p_adjusted", "marker"]], on=keys, how="left")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
-    table["marker"] = table["marker"].fillna("")
+    table["marker"] = table["marker"].astype(object).fillna("")
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
     column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
     table["best"] = shown.notna() & (shown == column_best)

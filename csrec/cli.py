@@ -187,10 +187,39 @@ def _run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", nargs="+", help="experiment directory (several with --study)")
+    p.add_argument("--out", help="Markdown file to write (default DIR/report.md); the HTML and figures go beside it")
+    p.add_argument("--study", choices=["m", "subsample_ratio", "noise_term", "user_fraction"],
+                   help="compare the experiments given, which differ in this setting (Fig. 4b, 5, 6, 7); needs --out")
+    p.add_argument("--labels", nargs="+", type=float,
+                   help="with --study: the setting's value per directory (default: read from the stored job configs)")
+    p.add_argument("--x", default="value", choices=["value", "sparsity"],
+                   help="with --study: plot against the setting or the data's sparsity")
+    p.add_argument("--no-html", action="store_true", help="write the Markdown only")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from analysis import write_report, write_study_report
+
+    if args.study is None:
+        if len(args.directory) != 1:
+            raise CSRecError("report takes one experiment directory; add --study SETTING --out PATH to compare several")
+        path = write_report(args.directory[0], out=args.out, html_too=not args.no_html)
+    else:
+        if args.out is None:
+            raise CSRecError("--study needs --out PATH (where the study's Markdown goes)")
+        path = write_study_report(args.directory, args.study, args.out, labels=args.labels, x=args.x,
+                                  html_too=not args.no_html)
+    print(f"report: {path}" + ("" if args.no_html else f" (and {path.with_suffix('.html')})"))
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train, "train one model (Base or a soft-label method) and evaluate it"),
     "run": (_add_run, _run_run, "run an experiment spec: teachers, student grid, seeds, table"),
     "resume": (_add_resume, _run_resume, "go on with an interrupted experiment; nothing finished is redone"),
     "status": (_add_status, _run_status, "what an experiment has done, is doing and has failed"),
     "table": (_add_table, _run_table, "Table 2-style comparison with paired significance markers"),
+    "report": (_add_report, _run_report, "Markdown/HTML report: tables, popular/niche and input-length plots, plan, failures"),
 }

@@ -63,6 +63,8 @@ class Job:
         """The resolved config that identifies the artifact (teachers by key, data by content)."""
         data = dataclasses.asdict(self.data)
         data["path"] = data_fingerprint(self.data.path)
+        if data["user_fraction"] == 1.0:  # the full data: keys as before the sparsity option existed
+            del data["user_fraction"], data["user_fraction_seed"]
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _RUNTIME_FIELDS}
         config = {
             "data": data, "model": self.model, "model_overrides": dict(self.model_overrides),

@@ -35,6 +35,8 @@ class DataConfig:
     user_min_count: int = 5  # k-core: users with fewer interactions are removed (iterated)
     item_min_count: int = 5  # k-core: items with fewer interactions are removed (iterated)
     exclude_history: bool | None = None  # mask items already in the input before ranking; None: by protocol
+    user_fraction: float = 1.0  # sparsity study (Fig. 4b): share of users kept, drawn at random
+    user_fraction_seed: int = 0
 
     def __post_init__(self):
         if self.format is not None and self.format not in LOADERS:
@@ -48,6 +50,8 @@ class DataConfig:
         for name in ("user_min_count", "item_min_count"):
             if getattr(self, name) < 1:
                 raise CSRecError(f"{name} must be at least 1 (1 keeps everything), got {getattr(self, name)}")
+        if not 0 < self.user_fraction <= 1:
+            raise CSRecError(f"user_fraction must lie in (0, 1] (the share of users kept), got {self.user_fraction}")
         if self.overlap_head and self.protocol != "windows":
             raise CSRecError("overlap_head applies to the windows protocol only; set protocol: windows "
                              "or remove overlap_head")
@@ -82,6 +86,9 @@ def load_sequence_data(config: DataConfig) -> SequenceData:
         cut = windows(lengths, config.max_len, config.overlap_head)
     else:
         cut = user_loo(lengths)
+    if config.user_fraction < 1:  # after filtering and id mapping: same catalogue, fewer users
+        kept = subsample(len(user_tokens), config.user_fraction, config.user_fraction_seed)
+        cut = cut[np.isin(cut[:, 0], kept)]
     if len(cut) == 0:
         raise CSRecError(f"{config.path}: no user has the 3 interactions a sequence needs (train, "
                          "validation, test) after filtering; lower user_min_count / item_min_count")
