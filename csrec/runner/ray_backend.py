@@ -32,8 +32,8 @@ from csrec.methods import Job
 from csrec.runner.local_backend import tpe_distributions
 from csrec.runner.plan import SELECTION_METRIC, Trial, trial_for
 from csrec.runner.progress import LiveView
-from csrec.runner.trials import run_trial
-from csrec.store import Store
+from csrec.runner.trials import run_trial, trial_result
+from csrec.store import Store, config_key
 
 TRAINABLE = "csrec_student"
 
@@ -142,12 +142,23 @@ class RayBackend:
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> None:
-        points = list(range(len(trials)))
-        self._tune(stage, trials, OptunaSearch(
-            space={"point": optuna.distributions.CategoricalDistribution(points)},
-            sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
-            study_name=f"{experiment.spec.name}-{stage}", metric=f"valid_{SELECTION_METRIC}", mode="max",
-        ), len(trials), experiment)
+        restored = self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
+                              len(trials), experiment)
+        # A restored Tune experiment only finishes its own trials; one whose result has left the
+        # store since (a damaged artifact removed by verify) runs again in a Tuner of its own.
+        leftover = [t for t in trials if trial_result(experiment.store, t) is None]
+        if restored and leftover:
+            again = f"{stage}-again-{config_key(sorted(t.job.key for t in leftover))[:8]}"
+            self.log(f"{stage}: {len(leftover)} trial(s) have no result in the store; running them in {again}")
+            self._tune(again, leftover, self._grid_searcher(f"{experiment.spec.name}-{again}", len(leftover)),
+                       len(leftover), experiment)
+
+    @staticmethod
+    def _grid_searcher(study_name: str, n: int) -> OptunaSearch:
+        points = list(range(n))
+        return OptunaSearch(space={"point": optuna.distributions.CategoricalDistribution(points)},
+                            sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
+                            study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 
     def run_tpe(self, cell: tuple, budget: int, experiment) -> None:
         """TPE over the cell's choices; each draw is mapped to its trial through a point index."""
@@ -165,22 +176,26 @@ class RayBackend:
         )
         self._tune("tpe-" + "-".join(cell), trials, searcher, budget, experiment)
 
-    def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> None:
+    def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> bool:
+        """Run (or resume) the Tune experiment `stage` over `trials`; True when it was resumed."""
         resources = feasible(experiment.spec.trial_resources, self.log)
         tune_dir = experiment.directory / "tune"
         stage_file = tune_dir / f"{stage}.trials.pkl"
-        if not stage_file.is_file():  # fixed once: a resumed Tuner must see the same point list
+        path = tune_dir / stage
+        restoring = tune.Tuner.can_restore(str(path))
+        if not restoring:  # a resumed Tuner must see the point list it started with; a new one, today's
             tune_dir.mkdir(parents=True, exist_ok=True)
-            stage_file.write_bytes(pickle.dumps(trials))
+            tmp = stage_file.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(trials))
+            os.replace(tmp, stage_file)
         trials = pickle.loads(stage_file.read_bytes())
         trainable = tune.with_resources(
             tune.with_parameters(student_trainable, stage_file=str(stage_file), store_root=str(experiment.store.root),
                                  work_dir=str(experiment.work_dir), num_threads=threads(resources)),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
-        path = tune_dir / stage
         view = LiveView(experiment, self.log, trials)
-        if tune.Tuner.can_restore(str(path)):
+        if restoring:
             self.log(f"{stage}: resuming the Tune experiment in {path}")
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
@@ -200,3 +215,4 @@ class RayBackend:
                  f"({time.time() - started:.0f} s)")
         for result in failed:
             self.log(f"  failed: {trials[result.config['point']].label()}: {str(result.error).splitlines()[-1]}")
+        return restoring

@@ -1,0 +1,150 @@
+"""launch.py: a user's mistake in `train` exits 2 with one line that names what to change and leaves
+no --out folder; --help documents every option; a tiny `train` writes its three files; `status`
+and `run --dry-run` report an experiment's counts, and --dry-run writes nothing.
+
+Commands run in this process through launch.main (fast); one runs as a real subprocess, for the
+exit status and the absence of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import launch
+from csrec.cli import COMMANDS
+from csrec.evaluate import compute_metrics
+from csrec.runner import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+SMOKE_DATA = ROOT / "experiments" / "data" / "smoke.csv"
+PER_USER_COLUMNS = ["split", "sequence", "user", "target", "rank", "rating", "input_length"]  # docs/FORMATS.md
+
+
+def train_args(tmp_path: Path, *extra: str, data: Path = SMOKE_DATA) -> list[str]:
+    return ["train", "--data", str(data), "--model", "gru4rec", "--out", str(tmp_path / "out"),
+            "--store", str(tmp_path / "store"), "--max-len", "8", "--epochs", "1", "--device", "cpu",
+            "--threads", "1", *extra]
+
+
+def smoke_spec(folder: Path, name: str) -> Path:
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["datasets"]["smoke"]["path"] = str(SMOKE_DATA)
+    raw["storage"] = str(folder / name)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def malformed(tmp_path) -> Path:
+    path = tmp_path / "bad.csv"
+    path.write_text("session_id,item_id\n1,10\n1,11,5\n1,12\n")
+    return path
+
+
+@pytest.mark.parametrize("case, extra, names", [
+    ("missing file", ["--data", "/nonexistent/lastfm.csv"], ["--data", "no such file"]),
+    ("malformed line", None, ["bad.csv, line 3", "fields"]),
+    ("unknown model", ["--model", "transformer"], ["--model transformer", "gru4rec"]),
+    ("empty after filtering", ["--user-min-count", "1000"], ["user_min_count", "lower"]),
+    ("max_len below 3", ["--max-len", "2"], ["max_len must be at least 3"]),
+    ("alpha above 1", ["--method", "csrec-t", "--alpha", "1.5", "--beta", "0.5", "-T", "3"], ["alpha must lie in"]),
+    ("alpha below 0", ["--method", "csrec-t", "--alpha", "-0.1", "--beta", "0.5", "-T", "3"], ["alpha must lie in"]),
+])
+def test_train_mistakes_exit_2_with_one_line_and_no_out_folder(tmp_path, capsys, malformed, case, extra, names):
+    args = train_args(tmp_path, data=malformed) if extra is None else train_args(tmp_path, *extra)
+    assert launch.main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mistake_exits_2_from_the_shell_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "launch.py", *train_args(tmp_path, "--data", "/nonexistent/x.csv")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --data /nonexistent/x.csv: no such file"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_documents_every_option(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        launch.main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    parser = argparse.ArgumentParser()
+    COMMANDS[command][0](parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help text"
+        for option in action.option_strings:
+            assert option in text, f"{command}: {option} is not in --help"
+
+
+def test_tiny_train_writes_config_metrics_and_per_user(tmp_path, capsys):
+    assert launch.main(train_args(tmp_path)) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "per_user.parquet"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["arguments"]["model"] == "gru4rec" and config["data"]["max_len"] == 8
+    assert config["train"]["max_epochs"] == 1 and len(config["key"]) == 20
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1
+    per_user = pd.read_parquet(out / "per_user.parquet")
+    assert list(per_user.columns) == PER_USER_COLUMNS
+    assert set(per_user["split"]) == {"valid", "test"} and (per_user["rank"] >= 1).all()
+    assert per_user["rating"].isna().all()  # smoke.csv's rating column is constant: no ratings
+    for split in ("valid", "test"):  # the metrics are those of the per-user ranks written beside them
+        ranks = per_user.loc[per_user["split"] == split, "rank"].to_numpy()
+        expected = compute_metrics(ranks)
+        assert metrics[split] == pytest.approx(expected)
+        assert metrics[split]["recall@10"] == pytest.approx(np.mean(ranks <= 10))
+    assert "best epoch 1" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def finished_smoke(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    run_experiment(smoke_spec(folder, "smoke"), local=True, table=False, log=lambda _: None)
+    return folder / "smoke"
+
+
+def test_status_of_a_finished_experiment_prints_its_counts(finished_smoke, capsys):
+    assert launch.main(["status", str(finished_smoke)]) == 0
+    out = capsys.readouterr().out
+    assert "teachers: 5 of 5 in the store" in out
+    assert "planned trials (search + base runs): 7 of 7 finished" in out  # 2 Base runs + 5 grid points
+    assert "all finished student trials in the store: 11" in out  # + 4 seed reruns
+    assert "driver: stage done" in out
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, capsys):
+    spec = smoke_spec(tmp_path, "fresh")
+    assert launch.main(["run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "teachers and Base runs: 5 (0 in the store, 5 to train)" in out
+    assert "student search trials: 5 (0 finished, 5 to run)" in out
+    assert "seed reruns after the search: 4 cells x 1 seeds = 4 trials" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.yaml"]
+
+    finished = finished_smoke.parent / "smoke.yaml"
+    files = {p: p.stat().st_mtime_ns for p in finished_smoke.rglob("*")}
+    assert launch.main(["run", str(finished), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "teachers and Base runs: 5 (5 in the store, 0 to train)" in out
+    assert "student search trials: 5 (5 finished, 0 to run)" in out
+    assert {p: p.stat().st_mtime_ns for p in finished_smoke.rglob("*")} == files

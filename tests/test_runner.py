@@ -1,0 +1,396 @@
+"""The runner end to end on copies of experiments/smoke.yaml: Ray against the local backend, teacher
+deduplication, resume after the driver or a trial's worker is killed, damaged store files, and GPU
+requests on a cluster without GPUs.
+
+Everything runs on CPU with fixed seeds, so a run that went through Ray, or was killed and resumed,
+must give exactly the per-user ranks of one uninterrupted local run (the `local_smoke` fixture).
+Drivers run as subprocesses with one torch thread and their own Ray temp folder; the Ray processes a
+killed driver leaves behind carry an environment marker and are ended here by pid, never anyone
+else's (no `ray stop`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from csrec.config import Resources, load_spec
+from csrec.runner import run_experiment
+from csrec.runner.experiment import seed_trials
+from csrec.runner.plan import make_plan
+from csrec.runner.trials import trial_result
+from csrec.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+MARK = "CSREC_TEST_DRIVER"
+
+
+def write_spec(folder: Path, name: str, **changes) -> Path:
+    """smoke.yaml with its data path absolute, storage `folder/name`, top-level keys replaced."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / raw["datasets"]["smoke"]["path"])
+    raw["storage"] = str(folder / name)
+    raw.update(changes)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def results(directory: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Every finished trial record: key -> (result.json, per_user.parquet)."""
+    folder = directory / "store" / "trials"
+    return {p.name: (json.loads((p / "result.json").read_text()), pd.read_parquet(p / "per_user.parquet"))
+            for p in sorted(folder.iterdir()) if (p / "meta.json").is_file()}
+
+
+def assert_same_results(directory: Path, reference: Path) -> None:
+    """Each trial of `directory` equals the reference's trial of the same key (metrics and ranks)."""
+    ours, theirs = results(directory), results(reference)
+    assert ours and set(ours) <= set(theirs)
+    for key, (record, per_user) in ours.items():
+        assert record == theirs[key][0], key
+        pd.testing.assert_frame_equal(per_user, theirs[key][1])
+
+
+def assert_plan_finished(spec_path: Path) -> None:
+    """Every planned trial (Base runs, search points, seed reruns) has its record, and no other does."""
+    spec = load_spec(spec_path)
+    plan, store = make_plan(spec), Store(spec.directory / "store")
+    planned = plan.trials + seed_trials(plan, store)
+    assert all(trial_result(store, t) is not None for t in planned)
+    assert set(store.keys("trials")) == {t.job.key for t in planned}
+
+
+def created(directory: Path) -> dict[str, float]:
+    """kind/key -> meta.json 'created' of every artifact in the store."""
+    root = directory / "store"
+    return {f"{kind}/{p.name}": json.loads((p / "meta.json").read_text())["created"]
+            for kind in ("models", "trials") if (root / kind).is_dir()
+            for p in (root / kind).iterdir() if (p / "meta.json").is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_smoke(tmp_path_factory) -> Path:
+    """The smoke spec run uninterrupted by the local backend: the reference every run must equal."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_experiment(write_spec(folder, "smoke"), local=True, table=False, log=quiet)
+    return folder / "smoke"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray for the module, in its own temp folder (short: Ray's socket paths are)."""
+    import ray
+
+    from csrec.runner.ray_backend import start_ray
+
+    folder = tempfile.mkdtemp(prefix="csr", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.setenv("RAY_TMPDIR", folder)
+        start_ray(log=quiet)
+        yield ray
+        ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---- local backend: deduplication, damaged files -------------------------------------------------
+
+def test_teachers_are_trained_once_and_a_second_run_trains_nothing(tmp_path):
+    spec = write_spec(tmp_path, "dedup", methods=["base", "csrec-m"], seeds=[0, 1])
+    plan = make_plan(load_spec(spec))
+    teachers = {job.key for job in plan.teachers}
+    assert len(teachers) == 2  # the Base runs of seeds 0 and 1 are CSRec-M's two teachers
+    first = []
+    run_experiment(spec, local=True, table=False, log=first.append)
+    assert "teachers: 0 of 2 in the store, 2 to train" in first
+    assert sum(" teacher " in line for line in first) == 2
+    store = Store(tmp_path / "dedup" / "store")
+    students = {t.job.key for t in plan.grid_trials + seed_trials(plan, store)}
+    assert len(students) == 3 and set(store.keys("models")) == teachers | students
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "dedup" / "store").rglob("meta.json")}
+
+    second = []
+    run_experiment(spec, local=True, table=False, log=second.append)
+    assert "teachers: 2 of 2 in the store, 0 to train" in second
+    assert "search: 2 of 2 trials finished, 0 to run" in second
+    assert "seeds: 1 of 1 reruns of the best points finished, 0 to run" in second
+    assert not [line for line in second if line.startswith("[")]  # nothing trained, no trial run
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "dedup" / "store").rglob("meta.json")} == stamps
+
+
+def test_a_truncated_teacher_is_remade_never_loaded(tmp_path):
+    spec = write_spec(tmp_path, "damaged", methods=["base", "csrec-m"], seeds=[0])
+    run_experiment(spec, local=True, table=False, log=quiet)
+    directory = tmp_path / "damaged"
+    store = Store(directory / "store")
+    plan = make_plan(load_spec(spec))
+    student = plan.grid_trials[0]
+    teacher = student.job.teachers[1]  # seed 1: a teacher only, not a Base run of this spec
+    before_results, before_created = results(directory), created(directory)
+    before_model = json.loads((store.path("models", teacher.key) / "result.json").read_text())
+    model_file = store.path("models", teacher.key) / "model.pt"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    # the student is trained again, so it must load its teachers: a damaged one would break it
+    shutil.rmtree(store.path("models", student.job.key))
+    shutil.rmtree(store.path("trials", student.job.key))
+
+    lines = []
+    with pytest.warns(UserWarning, match=rf"models/{teacher.key} is damaged \(model.pt does not match its checksum\)"):
+        run_experiment(spec, local=True, table=False, log=lines.append)
+    assert "teachers: 1 of 2 in the store, 1 to train" in lines
+    assert "search: 1 of 2 trials finished, 1 to run" in lines
+    assert store.verify("models", teacher.key)
+    assert created(directory)[f"models/{teacher.key}"] > before_created[f"models/{teacher.key}"]
+    remade = json.loads((store.path("models", teacher.key) / "result.json").read_text())
+    fields = ("best_epoch", "valid", "test")
+    assert {k: remade[k] for k in fields} == {k: before_model[k] for k in fields}
+    after = results(directory)
+    assert set(after) == set(before_results)
+    for key, (record, per_user) in after.items():
+        assert record == before_results[key][0]
+        pd.testing.assert_frame_equal(per_user, before_results[key][1])
+
+
+# ---- the in-process Ray ----------------------------------------------------------------------------
+
+def test_a_gpu_request_without_gpus_becomes_a_cpu_request(ray_session):
+    from csrec.runner.ray_backend import feasible
+
+    assert ray_session.cluster_resources().get("GPU", 0) == 0
+    with pytest.warns(UserWarning, match="the Ray cluster has none; running on CPU"):
+        assert feasible(Resources(cpu=2, gpu=0.5)) == Resources(cpu=2, gpu=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert feasible(Resources(cpu=1)) == Resources(cpu=1)
+
+
+def test_smoke_through_ray_equals_the_local_backend(tmp_path, ray_session, local_smoke):
+    # GPU requests on this CPU-only Ray: the run must go on CPU (with a warning), not stay pending
+    spec = write_spec(tmp_path, "ray", teacher_resources={"cpu": 1, "gpu": 1}, trial_resources={"cpu": 1, "gpu": 0.5})
+    lines = []
+    with pytest.warns(UserWarning, match="running on CPU"):
+        run_experiment(spec, log=lines.append)
+    directory = tmp_path / "ray"
+    assert_plan_finished(spec)
+    assert set(results(directory)) == set(results(local_smoke))
+    assert_same_results(directory, local_smoke)
+    assert sum("trained on node" in line for line in lines) == 5  # each teacher once, as a Ray task
+    table = next(line for line in lines if line.startswith("Table"))
+    assert all(f"| {name} |" in table for name in ("SoftRec", "CSRec-M", "CSRec-D", "CSRec-T"))
+    finals = [json.loads(row) for path in (directory / "tune").glob("*/*/result.json")
+              for row in path.read_text().splitlines() if json.loads(row)["done"]]
+    assert len(finals) == 5 + 4 and {r["gpu_ids"] for r in finals} == {""}  # ran on CPU
+
+    # a finished trial that has left the store (damaged, removed) is made again on the next run,
+    # although its Tune experiment is complete and resumes with nothing to do
+    softrec = next(k for k, (record, _) in results(directory).items() if record["method"] == "softrec"
+                   and record["stage"] == "search")
+    for kind in ("trials", "models"):
+        shutil.rmtree(directory / "store" / kind / softrec)
+    lines.clear()
+    with pytest.warns(UserWarning, match="running on CPU"):
+        run_experiment(spec, log=lines.append, table=False)
+    assert any("have no result in the store" in line for line in lines)
+    assert_plan_finished(spec)
+    assert_same_results(directory, local_smoke)
+
+
+def dies_once_before_epoch_3(marker: str):
+    """student_trainable whose first attempt is SIGKILLed as it is about to report epoch 3, once
+    Tune has its epoch-2 checkpoint; `marker` (the killed pid) keeps the retry from dying too.
+
+    A closure, so cloudpickle ships it by value to the Ray worker, which cannot import this module.
+    """
+    def trainable(config, **kwargs):
+        import os
+        import signal
+        import time
+
+        from ray import tune
+
+        from csrec.runner import ray_backend
+
+        if not os.path.exists(marker):
+            report = tune.report
+
+            def report_or_die(metrics, **options):
+                if metrics.get("epoch") == 3 and not metrics.get("done"):
+                    time.sleep(3)  # the driver takes in epoch 2's result and checkpoint meanwhile
+                    with open(marker, "w") as handle:
+                        handle.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                report(metrics, **options)
+
+            tune.report = report_or_die
+        ray_backend.student_trainable(config, **kwargs)
+
+    return trainable
+
+
+def test_a_trial_whose_worker_dies_resumes_from_its_checkpoint(tmp_path, ray_session, monkeypatch):
+    from csrec.runner import ray_backend
+
+    train = yaml.safe_load(SMOKE.read_text())["train"] | {"max_epochs": 4, "patience": 4}
+    changes = dict(methods=["softrec"], seeds=[0], train=train)
+    marker = tmp_path / "killed-pid"
+    monkeypatch.setattr(ray_backend, "student_trainable", dies_once_before_epoch_3(str(marker)))
+    run_experiment(write_spec(tmp_path, "killed", **changes), table=False, log=quiet)
+    run_experiment(write_spec(tmp_path, "uninterrupted", **changes), local=True, table=False, log=quiet)
+
+    assert marker.is_file()
+    (trial_log,) = (tmp_path / "killed" / "tune" / "search").glob("*/result.json")
+    rows = [json.loads(line) for line in trial_log.read_text().splitlines()]
+    assert [r["epoch"] for r in rows if not r["done"]] == [1, 2, 3, 4] and rows[-1]["done"]
+    killed = int(marker.read_text())
+    assert [r["pid"] for r in rows[:2]] == [killed, killed]
+    retry = rows[2]  # the new worker's first report: epoch 3, its first iteration since restoring
+    assert retry["pid"] != killed and retry["epoch"] == 3 and retry["iterations_since_restore"] == 1
+    assert set(results(tmp_path / "killed")) == set(results(tmp_path / "uninterrupted")) != set()
+    assert_same_results(tmp_path / "killed", tmp_path / "uninterrupted")
+
+
+# ---- resume after the driver is SIGKILLed ------------------------------------------------------------
+
+class Driver:
+    """`python launch.py ...` in its own Ray temp folder; its processes carry a marker in their
+    environment, so what a killed driver leaves behind is found, and only that."""
+
+    def __init__(self, log: Path):
+        self.mark = uuid.uuid4().hex
+        self.ray_tmp = tempfile.mkdtemp(prefix="csr", dir="/tmp")
+        self.log = log
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+            "OMP_NUM_THREADS": "1", "RAY_TMPDIR": self.ray_tmp, MARK: self.mark}
+
+    def start(self, *args: str) -> subprocess.Popen:
+        with open(self.log, "a") as out:
+            return subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, env=self.env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+    def run(self, *args: str) -> None:
+        process = self.start(*args)
+        assert process.wait(timeout=500) == 0, self.log.read_text()[-3000:]
+
+    def kill_when(self, process: subprocess.Popen, moment, timeout: float = 400) -> None:
+        deadline = time.time() + timeout
+        while not moment():
+            assert process.poll() is None, "ended before the moment to kill it:\n" + self.log.read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def leftovers(self) -> list[int]:
+        mark, found = f"{MARK}={self.mark}".encode(), []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):  # gone, or not ours to read
+                if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    found.append(int(pid))
+        return found
+
+    def end_leftovers(self, grace: float = 10.0) -> None:
+        """Ray's processes follow their killed driver within seconds; after `grace`, SIGKILL the rest."""
+        deadline = time.time() + grace
+        while (pids := self.leftovers()) and time.time() < deadline + 5:
+            for pid in pids if time.time() > deadline else []:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        self.end_leftovers(grace=0)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def progress(directory: Path) -> dict:
+    path = directory / "progress.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def assert_resumed(spec: Path, before: dict[str, float], reference: Path) -> None:
+    """Finished, equal to the uninterrupted reference, and nothing that existed was made again."""
+    assert_plan_finished(spec)
+    directory = load_spec(spec).directory
+    assert_same_results(directory, reference)
+    after = created(directory)
+    assert {k: after[k] for k in before} == before
+
+
+@pytest.mark.parametrize("moment", ["teachers", "trials"])
+def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, local_smoke, moment):
+    if moment == "teachers":  # four teachers, the CSRec-T main teacher after its side teacher
+        spec = write_spec(tmp_path, "exp", methods=["base", "csrec-t"], seeds=[0, 1])
+    else:
+        spec = write_spec(tmp_path, "exp", methods=["base", "csrec-m"], seeds=[0, 1])
+    directory = tmp_path / "exp"
+    trials = directory / "store" / "trials"
+
+    def now() -> bool:
+        if moment == "teachers":
+            return progress(directory).get("teachers_done", 0) >= 1
+        return trials.is_dir() and len(Store(directory / "store").keys("trials")) >= 3  # 2 Base + 1 search
+
+    driver = Driver(tmp_path / "driver.log")
+    try:
+        driver.kill_when(driver.start("run", str(spec), "--local"), now)
+        stage = progress(directory)["stage"]
+        assert stage == ("teachers" if moment == "teachers" else "search")
+        before = created(directory)
+        assert before
+        driver.run("resume", str(directory), "--local")
+    finally:
+        driver.close()
+    counts = [line for line in (tmp_path / "driver.log").read_text().splitlines()
+              if line.startswith("teachers: ") and "in the store" in line]
+    assert not counts[-1].startswith("teachers: 0 of")  # the resume found teachers already made
+    assert_resumed(spec, before, local_smoke)
+
+
+def test_ray_run_killed_during_the_trials_then_resumed(tmp_path, local_smoke):
+    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1])
+    directory = tmp_path / "exp"
+    search = directory / "tune" / "search"
+
+    def now() -> bool:  # the driver has logged the trial's first epoch, and Tune has saved its state
+        reported = any(p.stat().st_size > 0 for p in search.glob("*/result.json"))
+        return reported and any(search.glob("experiment_state-*.json"))
+
+    driver = Driver(tmp_path / "driver.log")
+    try:
+        driver.kill_when(driver.start("run", str(spec)), now)
+        driver.end_leftovers()
+        assert not driver.leftovers()
+        before = created(directory)
+        base_runs = {f"models/{t.job.key}" for t in make_plan(load_spec(spec)).trials if t.method == "base"}
+        assert base_runs <= set(before)  # the teacher stage had finished
+        assert progress(directory)["stage"] == "search"
+        driver.run("resume", str(directory))
+    finally:
+        driver.close()
+    log = (tmp_path / "driver.log").read_text()
+    assert "search: resuming the Tune experiment" in log
+    (trial_log,) = search.glob("*/result.json")
+    rows = [json.loads(line) for line in trial_log.read_text().splitlines()]
+    assert len({r["pid"] for r in rows}) == 2  # the killed worker, then the resumed one
+    assert len({r["pid"] for r in rows if r["epoch"] == 1 and not r["done"]}) == 1  # epoch 1 not redone
+    assert_resumed(spec, before, local_smoke)
