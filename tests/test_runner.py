@@ -394,3 +394,19 @@ def test_ray_run_killed_during_the_trials_then_resumed(tmp_path, local_smoke):
     assert len({r["pid"] for r in rows}) == 2  # the killed worker, then the resumed one
     assert len({r["pid"] for r in rows if r["epoch"] == 1 and not r["done"]}) == 1  # epoch 1 not redone
     assert_resumed(spec, before, local_smoke)
+
+
+def test_tpe_search_runs_its_budget_and_reruns_the_best(tmp_path):
+    spec = write_spec(tmp_path, "tpe", methods=["base", "csrec-m"],
+                      search={"csrec-m": {"sampler": "tpe", "budget": 2, "beta": [0.25, 0.5, 0.75],
+                                          "temperature": [1.0, 3.0]}})
+    run_experiment(spec, local=True, table=False, log=quiet)
+    records = [record for record, _ in results(tmp_path / "tpe").values() if record["method"] == "csrec-m"]
+    search = [r for r in records if r["stage"] == "search"]
+    assert len(search) == 2 and len({(r["params"]["beta"], r["params"]["temperature"]) for r in search}) == 2
+    best = max(search, key=lambda r: r["valid"]["ndcg@10"])
+    (rerun,) = [r for r in records if r["stage"] == "seeds"]
+    assert rerun["params"] == best["params"] and rerun["seed"] == 1
+    lines = []
+    run_experiment(spec, local=True, table=False, log=lines.append)  # resumed study: budget already spent
+    assert len([r for r, _ in results(tmp_path / "tpe").values() if r["method"] == "csrec-m"]) == 3

@@ -30,7 +30,14 @@ class LocalBackend:
         study = tpe_study(cell, experiment)
         spec = experiment.spec
         space = tpe_distributions(spec, cell[2])
-        while len([t for t in study.trials if t.state.is_finished()]) < budget:
+        grid_size = 1
+        for distribution in space.values():
+            grid_size *= len(distribution.choices)
+
+        def distinct() -> int:  # TPE may draw a point again: the budget counts distinct points
+            return len({tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()})
+
+        while distinct() < min(budget, grid_size):
             ask = study.ask(space)
             trial = trial_for(spec, cell, dict(ask.params), spec.seeds[0], "search")
             result = run_trial(trial, experiment.store, experiment.work_dir)
