@@ -11,7 +11,6 @@ hyperparameters ("beta=0.5 temperature=3.0"; Base has none and is "default").
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from csrec.errors import CSRecError
+from csrec.store import artifact_problem
 
 TRIALS = Path("store") / "trials"
-META = "meta.json"
 STAGES = ("search", "seeds")
 SPLITS = ("valid", "test")
 ID_COLUMNS = ["key", "dataset", "model", "method", "config", "seed", "stage"]
@@ -111,19 +110,11 @@ def _problem(path: Path) -> str | None:
     """Why `path` is not a finished trial, or None; reads only (store.Store.verify would delete it)."""
     if path.name.startswith("."):
         return "being written (temporary directory)"
-    meta_path = path / META
-    if not meta_path.is_file():
+    problem = artifact_problem(path)
+    if problem == "no meta.json":
         return "no meta.json (unfinished)"
-    try:
-        files = json.loads(meta_path.read_text())["files"]
-    except (ValueError, KeyError):
-        return "meta.json is unreadable"
-    for name, digest in files.items():
-        target = path / name
-        if not target.is_file():
-            return f"{name} is missing"
-        if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
-            return f"{name} does not match its checksum (damaged)"
+    if problem is not None:
+        return problem + (" (damaged)" if "checksum" in problem else "")
     if not (path / "per_user.parquet").is_file():
         return "per_user.parquet is missing"
     return None

@@ -64,7 +64,7 @@ class Store:
         folder = self.path(kind, key)
         if not folder.is_dir():
             return False
-        problem = self._problem(folder)
+        problem = artifact_problem(folder)
         if problem is None:
             return True
         warnings.warn(f"store: {kind}/{key} is damaged ({problem}); removing it so that it is made again")
@@ -105,19 +105,20 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    @staticmethod
-    def _problem(folder: Path) -> str | None:
-        meta_path = folder / META
-        if not meta_path.is_file():
-            return "no meta.json"
-        try:
-            files = json.loads(meta_path.read_text())["files"]
-        except (ValueError, KeyError):
-            return "unreadable meta.json"
-        for name, digest in files.items():
-            path = folder / name
-            if not path.is_file():
-                return f"{name} is missing"
-            if file_sha256(path) != digest:
-                return f"{name} does not match its checksum"
-        return None
+
+def artifact_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete, intact artifact, or None. Reads only."""
+    meta_path = folder / META
+    if not meta_path.is_file():
+        return "no meta.json"
+    try:
+        files = json.loads(meta_path.read_text())["files"]
+    except (ValueError, KeyError):
+        return "unreadable meta.json"
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None

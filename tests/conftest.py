@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from csrec.data.samples import SequenceData
 
@@ -14,6 +15,18 @@ from csrec.data.samples import SequenceData
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+
+
+def write_smoke_spec(folder: Path, name: str, **changes) -> Path:
+    """experiments/smoke.yaml with its data path absolute, storage `folder/name`, top-level keys replaced."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / raw["datasets"]["smoke"]["path"])
+    raw["storage"] = str(folder / name)
+    raw.update(changes)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import write_smoke_spec
 
 from csrec.config import load_spec
 from csrec.runner.experiment import seed_trials
@@ -35,7 +35,6 @@ from csrec.store import Store
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 MARK = "CSREC_TEST_CLUSTER"
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -103,14 +102,7 @@ def cluster():
     assert not cluster.processes()
 
 
-def write_spec(folder: Path, name: str, **changes) -> Path:
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / raw["datasets"]["smoke"]["path"])
-    raw["storage"] = str(folder / name)
-    raw.update(changes)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+write_spec = write_smoke_spec
 
 
 def test_smoke_runs_on_both_nodes_with_half_a_gpu_per_trial(tmp_path, cluster):

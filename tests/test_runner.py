@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_smoke_spec
 
 from csrec.config import Resources, load_spec
 from csrec.runner import run_experiment
@@ -40,15 +41,7 @@ SMOKE = ROOT / "experiments" / "smoke.yaml"
 MARK = "CSREC_TEST_DRIVER"
 
 
-def write_spec(folder: Path, name: str, **changes) -> Path:
-    """smoke.yaml with its data path absolute, storage `folder/name`, top-level keys replaced."""
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["datasets"]["smoke"]["path"] = str(SMOKE.parent / raw["datasets"]["smoke"]["path"])
-    raw["storage"] = str(folder / name)
-    raw.update(changes)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+write_spec = write_smoke_spec
 
 
 def quiet(_line: str) -> None:

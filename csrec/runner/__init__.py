@@ -11,6 +11,8 @@ from csrec.runner.experiment import SPEC_FILE, Experiment, all_teachers, execute
 from csrec.runner.plan import make_plan
 from csrec.runner.trials import trial_result
 
+__all__ = ["SPEC_FILE", "Experiment", "execute", "print_plan", "run_experiment"]
+
 
 def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | None = None,
                    local: bool = False, log=print, table: bool = True) -> int:
