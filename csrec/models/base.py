@@ -6,6 +6,8 @@ sit at positions 0..length-1 and padding follows, so the representation is read 
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from torch import nn
 PADDING_SCORE = -1e4
 
 
-class SequentialRecommender(nn.Module):
+class SequentialRecommender(nn.Module, abc.ABC):
     """Base class: subclasses implement `encode`; scores are tied to the input item embedding."""
 
     def __init__(self, n_items: int, embedding_size: int):
@@ -22,9 +24,9 @@ class SequentialRecommender(nn.Module):
         self.n_items = n_items
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
 
+    @abc.abstractmethod
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """item_seq [B, L] int64 right-padded, lengths [B] int64 >= 1 -> sequence representation [B, H]."""
-        raise NotImplementedError  # abstract: every registered model overrides it
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, H] -> logits [B, n_items + 1] over the full catalogue; column 0 is padding."""
