@@ -24,7 +24,7 @@ from csrec.data import DataConfig, load_sequence_data
 from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData
 from csrec.data.splits import test_samples, training_samples, validation_samples
-from csrec.evaluate import evaluate
+from csrec.evaluate import evaluate, validator
 from csrec.methods import Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
@@ -98,9 +98,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     objective = build_objective(job, splits, store, device).to(device)
     exclude = job.data.resolved_exclude_history
 
-    def validate(m) -> float:
-        return evaluate(m, splits.valid, exclude, batch_size=job.train.eval_batch_size).metrics()[SELECTION_METRIC]
-
+    validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size)
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     fitted = fit(model, splits.train, validate, job.train, objective, checkpoint, on_epoch_end)
