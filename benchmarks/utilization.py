@@ -8,16 +8,18 @@
   seconds, which leaves out the final evaluation);
 - utilization = sum of busy / (wall x cores), wall being the driver's whole run (Ray start,
   teachers, grid, seed reruns, table);
-- Tune overhead per trial = the trial's own time as Tune measures it (time_total_s of its last
-  report) minus its busy seconds: process start-up is excluded by Tune, so this is the cost of
-  reporting epochs with checkpoints and of loading the teachers; the gaps between trials show in
-  the utilization instead.
+- Tune overhead inside a trial = the trial's own time as Tune measures it (time_total_s of its last
+  report) minus its busy seconds: the cost of reporting epochs with checkpoints;
+- Ray and Tune cost per trial, all of it = (the stage's wall time x its lanes - the busy seconds of
+  its trials) / its trials, from tune/<stage>.timing.json: worker start-up, placement, scheduling,
+  reporting, and any lane left idle at the stage's tail.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 
@@ -55,12 +57,23 @@ def main() -> None:
         print(f"trial: {whole:.1f} s in Tune, {over:.2f} s of it outside training and evaluation ({over / whole:.1%})")
     if overheads:
         share = sum(o for o, _ in overheads) / sum(w for _, w in overheads)
-        print(f"Tune overhead per trial: {share:.1%} of a trial on average")
+        print(f"Tune overhead inside a trial: {share:.1%} of a trial on average")
+    for timing_file in sorted((root / "tune").glob("*.timing.json")):
+        stage = timing_file.name.removesuffix(".timing.json")
+        timing = json.loads(timing_file.read_text())
+        keys = [t.job.key for t in pickle.loads((root / "tune" / f"{stage}.trials.pkl").read_bytes())]
+        inside = [busy[k] for k in keys if k in busy and exact[k]]
+        if timing["resumed"] or len(inside) != len(keys):
+            print(f"stage {stage}: resumed or not all trials timed; skipped")
+            continue
+        lanes = min(timing["lanes"], len(keys))
+        per_trial = (timing["seconds"] * lanes - sum(inside)) / len(keys)
+        mean = sum(inside) / len(keys)
+        print(f"stage {stage}: {len(keys)} trials on {lanes} lanes in {timing['seconds']:.0f} s; busy {sum(inside):.0f} s; "
+              f"Ray and Tune cost per trial {per_trial:.1f} s = {per_trial / mean:.1%} of a {mean:.0f} s trial")
 
 
 def _trial_key(point_file: Path, point: int) -> str:
-    import pickle
-
     return pickle.loads(point_file.read_bytes())[point].job.key
 
 

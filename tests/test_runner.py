@@ -403,3 +403,31 @@ def test_tpe_search_runs_its_budget_and_reruns_the_best(tmp_path):
     lines = []
     run_experiment(spec, local=True, table=False, log=lines.append)  # resumed study: budget already spent
     assert len([r for r, _ in results(tmp_path / "tpe").values() if r["method"] == "csrec-m"]) == 3
+
+
+def test_tpe_through_ray_runs_rounds_of_distinct_points_within_its_budget(tmp_path, ray_session):
+    """Two trials at once on the 2-CPU Ray: budget 3 gives 3 distinct points in 2 rounds (2 + 1);
+    a TPE proposal of a point already evaluated is answered without training and not counted."""
+    import optuna
+
+    from csrec.runner.experiment import Experiment
+    from csrec.runner.tpe import open_study
+
+    spec = write_spec(tmp_path, "tpe-ray", methods=["base", "softrec"],
+                      search={"softrec": {"sampler": "tpe", "budget": 3, "beta": [0.25, 0.5, 0.75],
+                                          "temperature": [1.0, 3.0]}})
+    lines = []
+    run_experiment(spec, log=lines.append, table=False)
+    records = [r for r, _ in results(tmp_path / "tpe-ray").values() if r["method"] == "softrec"]
+    search = [r for r in records if r["stage"] == "search"]
+    assert len({(r["params"]["beta"], r["params"]["temperature"]) for r in search}) == len(search) == 3
+    assert len([r for r in records if r["stage"] == "seeds"]) == 1
+    rounds = sorted((tmp_path / "tpe-ray" / "tune").glob("tpe-*/*/result.json"))
+    assert len({p.parent.parent for p in rounds}) == 2 and len(rounds) == 3
+    study = open_study(("smoke", "gru4rec", "softrec"), Experiment(load_spec(spec), tmp_path / "tpe-ray"))
+    told = {tuple(sorted(t.params.items())): t.value for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(told) == 3
+    for r in search:  # the study learnt each trial's validation NDCG@10
+        assert told[(("beta", r["params"]["beta"]), ("temperature", r["params"]["temperature"]))] == \
+            pytest.approx(r["valid"]["ndcg@10"])

@@ -4,8 +4,9 @@
     (grid, or TPE per cell) -> seed reruns of each cell's best point -> comparison table
 
 Each stage skips what the store already holds, so `run` after a crash, `resume`, or a second `run`
-of the same spec redo nothing that finished. A backend supplies three operations: `train_models`
-(teachers as tasks), `run_trials` (a list of students) and `run_tpe` (a TPE search of one cell).
+of the same spec redo nothing that finished. A backend supplies `train_models` (teachers as
+tasks), `run_trials` (a list of students) and `width` (how many trials it runs at once, the size
+of a TPE round; the TPE search itself, csrec.runner.tpe, is the same for every backend).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from csrec.errors import CSRecError
 from csrec.jobs import MODELS
 from csrec.methods import Job, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
+from csrec.runner.tpe import run_tpe
 from csrec.runner.trials import TRIALS, best_points, trial_result, write_record
 from csrec.store import Store, config_key, write_json_atomic
 
@@ -33,7 +35,7 @@ _RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials"
 class Backend(Protocol):
     def train_models(self, jobs: list[Job], experiment: "Experiment") -> None: ...
     def run_trials(self, stage: str, trials: list[Trial], experiment: "Experiment") -> None: ...
-    def run_tpe(self, cell: tuple, budget: int, experiment: "Experiment") -> None: ...
+    def width(self, experiment: "Experiment") -> int: ...
 
 
 @dataclasses.dataclass
@@ -154,7 +156,7 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     if pending:
         backend.run_trials("search", pending, experiment)
     for cell, budget in plan.tpe_cells.items():
-        backend.run_tpe(cell, budget, experiment)
+        run_tpe(cell, budget, experiment, backend, log)
     reruns = seed_trials(plan, store)
     pending = [t for t in reruns if trial_result(store, t) is None]
     log(f"seeds: {len(reruns) - len(pending)} of {len(reruns)} reruns of the best points finished, {len(pending)} to run")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from ray.tune import Callback
 
 from csrec.runner.plan import SELECTION_METRIC
@@ -12,13 +10,12 @@ METRIC = f"valid_{SELECTION_METRIC}"
 
 
 class LiveView(Callback):
-    """Prints one line per finished or failed trial and a summary every `every` seconds; keeps
+    """Prints one line per finished or failed trial and a summary whenever the counts change; keeps
     progress.json current (teachers done/running/pending, trials done/running/failed, best so far)."""
 
-    def __init__(self, experiment, log=print, trials=None, every: float = 15.0):
-        self.experiment, self.log, self.trials, self.every = experiment, log, trials or [], every
-        self.running, self.done, self.failed, self.best = set(), 0, 0, {}
-        self.last = 0.0
+    def __init__(self, experiment, log=print, trials=None):
+        self.experiment, self.log, self.trials = experiment, log, trials or []
+        self.counts, self.best = {}, {}
 
     def __getstate__(self):  # Tune pickles callbacks with its state; the printer is not needed there
         return {k: v for k, v in self.__dict__.items() if k != "log"} | {"log": print}
@@ -34,36 +31,31 @@ class LiveView(Callback):
         point = (tune_trial.config or {}).get("point")
         return self.trials[point] if point is not None and point < len(self.trials) else None
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
-        self._summary()
+    def on_step_end(self, iteration, trials, **info):
+        self._summary(trials)  # counts from Tune's own trial states, looked at every loop step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.done += 1
         ours, score = self._trial(trial), (trial.last_result or {}).get(METRIC)
         if ours is not None and score is not None:
             method = ours.method
             if score > self.best.get(method, (-1.0, ""))[0]:
                 self.best[method] = (score, ours.label())
             self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
-        self._summary()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.failed += 1
         ours = self._trial(trial)
         self.log(f"FAILED {ours.label() if ours else trial.trial_id} (retried up to the failure limit)")
-        self._summary()
 
-    def _summary(self) -> None:
+    def _summary(self, trials) -> None:
+        """done = terminated, running = running now (a retry included), failed = out of retries."""
+        states = [t.status for t in trials]
+        counts = {"done": states.count("TERMINATED"), "running": states.count("RUNNING"),
+                  "failed": states.count("ERROR")}
+        if counts == self.counts:
+            return
+        self.counts = counts
         best = {m: round(s, 4) for m, (s, _) in self.best.items()}
-        self.experiment.progress(trials_done=self.done, trials_running=len(self.running), trials_failed=self.failed,
-                                 best_valid=best)
-        self._maybe(f"trials: {self.done} done, {len(self.running)} running, {self.failed} failed; best {METRIC} "
-                    + ", ".join(f"{m} {s:.4f}" for m, s in best.items()))
-
-    def _maybe(self, line: str) -> None:
-        if time.time() - self.last >= self.every:
-            self.last = time.time()
-            self.log(line)
+        self.experiment.progress(trials_done=counts["done"], trials_running=counts["running"],
+                                 trials_failed=counts["failed"], best_valid=best)
+        self.log(f"trials: {counts['done']} done, {counts['running']} running, {counts['failed']} failed; "
+                 f"best {METRIC} " + ", ".join(f"{m} {s:.4f}" for m, s in best.items()))

@@ -6,7 +6,7 @@
 - Students: one Tuner per stage ("search", "seeds"), whose points are the stage's pending trials,
   enumerated through Optuna's GridSampler inside OptunaSearch (one categorical over the trial list,
   so every cell of the grid shares one pool of workers and the tail of one cell never idles the
-  cluster); TPE cells get a Tuner each. Trials report every epoch with a checkpoint, are retried from
+  cluster). TPE (csrec.runner.tpe) runs its rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint, are retried from
   it (FailureConfig), and a restarted driver resumes them with Tuner.restore(resume_errored=True).
 - Trials get artifact paths, never object refs, and never launch Ray tasks themselves.
 """
@@ -29,11 +29,10 @@ from ray.tune.search.optuna import OptunaSearch
 from csrec.config import Resources
 from csrec.jobs import train_job
 from csrec.methods import Job
-from csrec.runner.local_backend import tpe_distributions
-from csrec.runner.plan import SELECTION_METRIC, Trial, trial_for
+from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
 from csrec.runner.trials import run_trial, trial_result
-from csrec.store import Store, config_key
+from csrec.store import Store, config_key, write_json_atomic
 
 TRAINABLE = "csrec_student"
 
@@ -160,21 +159,10 @@ class RayBackend:
                             sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
                             study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 
-    def run_tpe(self, cell: tuple, budget: int, experiment) -> None:
-        """TPE over the cell's choices; each draw is mapped to its trial through a point index."""
-        spec = experiment.spec
-        space = tpe_distributions(spec, cell[2])
-        names = list(space)
-        import itertools
-
-        combos = [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
-        trials = [trial_for(spec, cell, point, spec.seeds[0], "search") for point in combos]
-        searcher = OptunaSearch(
-            space={"point": optuna.distributions.CategoricalDistribution(list(range(len(trials))))},
-            sampler=optuna.samplers.TPESampler(seed=spec.seeds[0]),
-            study_name=f"{spec.name}-tpe-{'-'.join(cell)}", metric=f"valid_{SELECTION_METRIC}", mode="max",
-        )
-        self._tune("tpe-" + "-".join(cell), trials, searcher, budget, experiment)
+    def width(self, experiment) -> int:
+        """How many trials run at once: the spec's cap, or as many as the cluster's CPUs hold."""
+        resources = feasible(experiment.spec.trial_resources, self.log)
+        return experiment.spec.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
 
     def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> bool:
         """Run (or resume) the Tune experiment `stage` over `trials`; True when it was resumed."""
@@ -199,17 +187,22 @@ class RayBackend:
             self.log(f"{stage}: resuming the Tune experiment in {path}")
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
-            concurrency = experiment.spec.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
+            concurrency = self.width(experiment)
             tuner = tune.Tuner(
                 trainable,
+                # reuse_actors: a worker process (torch imported, data set loaded and cached by
+                # jobs._load) runs trial after trial instead of being started for each one.
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
-                                            max_concurrent_trials=concurrency),
+                                            max_concurrent_trials=concurrency, reuse_actors=True),
                 run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
                                           failure_config=tune.FailureConfig(max_failures=3),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
             )
         started = time.time()
         results = tuner.fit()
+        # The stage's wall time and lanes, for benchmarks/utilization.py (Ray and Tune cost per trial).
+        write_json_atomic(tune_dir / f"{stage}.timing.json",
+                          {"seconds": time.time() - started, "lanes": self.width(experiment), "resumed": restoring})
         failed = [r for r in results if r.error is not None]
         self.log(f"{stage}: {len(results) - len(failed)} trials finished, {len(failed)} failed "
                  f"({time.time() - started:.0f} s)")
