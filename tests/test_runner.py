@@ -431,3 +431,17 @@ def test_tpe_through_ray_runs_rounds_of_distinct_points_within_its_budget(tmp_pa
     for r in search:  # the study learnt each trial's validation NDCG@10
         assert told[(("beta", r["params"]["beta"]), ("temperature", r["params"]["temperature"]))] == \
             pytest.approx(r["valid"]["ndcg@10"])
+
+
+def test_tpe_that_proposes_nothing_new_takes_the_next_grid_point_and_says_so(tmp_path, monkeypatch):
+    from csrec.runner import tpe
+
+    monkeypatch.setattr(tpe, "_MAX_REPEATS", 0)  # every round: no proposal accepted
+    spec = write_spec(tmp_path, "tpe-fill", methods=["base", "softrec"], seeds=[0],
+                      search={"softrec": {"sampler": "tpe", "budget": 2, "beta": [0.25, 0.5],
+                                          "temperature": [1.0, 3.0]}})
+    lines = []
+    run_experiment(spec, local=True, table=False, log=lines.append)
+    search = [r for r, _ in results(tmp_path / "tpe-fill").values() if r["method"] == "softrec"]
+    assert sorted((r["params"]["beta"], r["params"]["temperature"]) for r in search) == [(0.25, 1.0), (0.25, 3.0)]
+    assert sum("evaluating the first unevaluated grid point" in line for line in lines) == 2

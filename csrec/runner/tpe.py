@@ -5,7 +5,8 @@ categoricals of the spec's values, so TPE models each one); the driver runs them
 many trials as the backend runs at once (`backend.width`), through the backend's `run_trials`, and
 tells the study each trial's validation NDCG@10. The budget counts distinct points: a proposal of a
 point already evaluated is answered from the store without training and does not count, and one
-round never holds the same point twice.
+round never holds the same point twice. Should TPE propose nothing new 200 times in a row, the
+first unevaluated grid point is taken instead, and the log says so.
 
 The study lives in a journal file in the experiment directory. After a crash its proposals that
 were never answered are run first (their partly trained students resume from their epoch
@@ -22,7 +23,8 @@ from csrec.errors import CSRecError
 from csrec.runner.plan import SELECTION_METRIC, trial_for
 from csrec.runner.trials import trial_result
 
-# Proposals in a row that only repeat evaluated or chosen points before a round is closed as it is.
+# Proposals in a row that only repeat evaluated or chosen points before a round is closed as it is
+# (or, when the round is still empty, the first unevaluated grid point is taken, with a log line).
 _MAX_REPEATS = 200
 
 
@@ -54,7 +56,8 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
     """Evaluate min(budget, grid size) distinct points of the cell chosen by TPE."""
     spec = experiment.spec
     space = distributions(spec, cell[2])
-    target = min(budget, len(list(itertools.product(*(d.choices for d in space.values())))))
+    grid = [_point(dict(zip(space, values))) for values in itertools.product(*(d.choices for d in space.values()))]
+    target = min(budget, len(grid))
     study = open_study(cell, experiment)
 
     def evaluated() -> dict[tuple, float]:
@@ -79,9 +82,12 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
                 batch[point] = ask.number
                 continue
             repeats += 1
-        if not batch:
-            raise CSRecError(f"TPE proposed only points already evaluated, {_MAX_REPEATS} times in a row, for "
-                             f"{'/'.join(cell)}; lower its budget below {target} or search it as a grid")
+        if not batch:  # TPE has settled on evaluated points; the budget asks for more: say so, go on
+            point = next(p for p in grid if p not in done)
+            log(f"tpe {'/'.join(cell)}: {_MAX_REPEATS} proposals in a row were points already evaluated; "
+                f"evaluating the first unevaluated grid point {dict(point)} to reach the budget")
+            study.enqueue_trial(dict(point))
+            batch[point] = study.ask(space).number
         trials = {point: trial_for(spec, cell, dict(point), spec.seeds[0], "search") for point in batch}
         pending = [t for t in trials.values() if trial_result(experiment.store, t) is None]
         rounds += 1
