@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -44,6 +45,9 @@ def start_ray(address: str | None = None, log=print) -> None:
     # frequent snapshots, and Optuna's about a finished grid stopping its study, are expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # GridSampler stops its study once every point is handed out; OptunaSearch then logs the
+    # RuntimeError of telling that stopped study (our results live in the store, not in the study).
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     if address:
