@@ -433,7 +433,7 @@ def test_tpe_through_ray_runs_rounds_of_distinct_points_within_its_budget(tmp_pa
             pytest.approx(r["valid"]["ndcg@10"])
 
 
-def test_tpe_that_proposes_nothing_new_takes_the_next_grid_point_and_says_so(tmp_path, monkeypatch):
+def test_tpe_that_proposes_nothing_new_fills_the_round_from_the_grid_and_says_so(tmp_path, monkeypatch):
     from csrec.runner import tpe
 
     monkeypatch.setattr(tpe, "_MAX_REPEATS", 0)  # every round: no proposal accepted
@@ -443,5 +443,70 @@ def test_tpe_that_proposes_nothing_new_takes_the_next_grid_point_and_says_so(tmp
     lines = []
     run_experiment(spec, local=True, table=False, log=lines.append)
     search = [r for r, _ in results(tmp_path / "tpe-fill").values() if r["method"] == "softrec"]
-    assert sorted((r["params"]["beta"], r["params"]["temperature"]) for r in search) == [(0.25, 1.0), (0.25, 3.0)]
-    assert sum("evaluating the first unevaluated grid point" in line for line in lines) == 2
+    assert len({(r["params"]["beta"], r["params"]["temperature"]) for r in search}) == len(search) == 2
+    assert sum("unevaluated grid point(s) drawn at random" in line for line in lines) == 2
+
+
+class FailingPoint:
+    """The local backend, except that the trial of one point fails (as a Ray trial out of retries)."""
+
+    def __init__(self, beta: float):
+        from csrec.runner.local_backend import LocalBackend
+
+        self.local, self.beta, self.asked = LocalBackend(log=quiet), beta, []
+
+    def width(self, experiment) -> int:
+        return 1
+
+    def run_trials(self, stage, trials, experiment) -> None:
+        self.asked += [dict(t.params)["beta"] for t in trials]
+        self.local.run_trials(stage, [t for t in trials if dict(t.params)["beta"] != self.beta], experiment)
+
+
+def tpe_spec(tmp_path, name: str, budget: int) -> Path:
+    return write_spec(tmp_path, name, methods=["softrec"], seeds=[0],
+                      search={"softrec": {"sampler": "tpe", "budget": budget, "beta": [0.25, 0.5, 0.75],
+                                          "temperature": [3.0]}})
+
+
+def test_tpe_goes_on_after_a_failed_trial_and_a_resume_tries_it_again(tmp_path):
+    import optuna
+
+    from csrec.runner.experiment import Experiment
+    from csrec.runner.tpe import open_study, run_tpe
+
+    experiment = Experiment(load_spec(tpe_spec(tmp_path, "tpe-fail", 3)), tmp_path / "tpe-fail")
+    experiment.directory.mkdir(parents=True)
+    cell = ("smoke", "gru4rec", "softrec")
+    backend, lines = FailingPoint(beta=0.5), []
+    run_tpe(cell, 3, experiment, backend, lines.append)
+    assert sorted(backend.asked) == [0.25, 0.5, 0.75]  # all three tried, the failure did not stop it
+    assert any("beta=0.5" in line and "failed" in line for line in lines)
+    states = [t.state for t in open_study(cell, experiment).trials if t.params.get("beta") == 0.5]
+    assert optuna.trial.TrialState.FAIL in states
+    backend.beta = None  # the cause is gone: a resume tries beta 0.5 again, and only it
+    backend.asked.clear()
+    run_tpe(cell, 3, experiment, backend, lines.append)
+    assert backend.asked == [0.5]
+
+
+def test_tpe_resume_runs_proposals_left_unanswered_and_closes_broken_ones(tmp_path):
+    import optuna
+
+    from csrec.runner.experiment import Experiment
+    from csrec.runner.local_backend import LocalBackend
+    from csrec.runner.tpe import distributions, open_study, run_tpe
+
+    experiment = Experiment(load_spec(tpe_spec(tmp_path, "tpe-left", 1)), tmp_path / "tpe-left")
+    experiment.directory.mkdir(parents=True)
+    cell = ("smoke", "gru4rec", "softrec")
+    study = open_study(cell, experiment)  # a driver stopped mid-round left these in the journal:
+    study.enqueue_trial({"beta": 0.75, "temperature": 3.0})
+    left = study.ask(distributions(experiment.spec, "softrec"))  # a proposal never answered
+    broken = study.ask()  # a proposal cut short before its parameters were sampled
+    run_tpe(cell, 1, experiment, LocalBackend(log=quiet), quiet)
+    trials = {t.number: t for t in open_study(cell, experiment).trials}
+    assert trials[left.number].state == optuna.trial.TrialState.COMPLETE  # run, not replaced
+    assert trials[broken.number].state == optuna.trial.TrialState.FAIL
+    (record,) = [r for r, _ in results(tmp_path / "tpe-left").values()]
+    assert record["params"]["beta"] == 0.75

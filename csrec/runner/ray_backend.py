@@ -110,7 +110,11 @@ def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: 
                          f"valid_{SELECTION_METRIC}": record.valid_score, "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = run_trial(trial, store, Path(work_dir), report_epoch)
+    try:
+        result = run_trial(trial, store, Path(work_dir), report_epoch)
+    finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     tune.report({"epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
                  f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
                  "node_id": ray.get_runtime_context().get_node_id(),
@@ -164,9 +168,13 @@ class RayBackend:
                             study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 
     def width(self, experiment) -> int:
-        """How many trials run at once: the spec's cap, or as many as the cluster's CPUs hold."""
+        """How many trials run at once: the spec's cap, or as many as the cluster's CPUs (and GPUs) hold."""
         resources = feasible(experiment.spec.trial_resources, self.log)
-        return experiment.spec.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
+        cluster = ray.cluster_resources()
+        fits = cluster.get("CPU", 1) // resources.cpu
+        if resources.gpu > 0:
+            fits = min(fits, cluster.get("GPU", 0) // resources.gpu)
+        return experiment.spec.max_concurrent_trials or max(1, int(fits))
 
     def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> bool:
         """Run (or resume) the Tune experiment `stage` over `trials`; True when it was resumed."""

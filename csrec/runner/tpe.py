@@ -5,17 +5,21 @@ categoricals of the spec's values, so TPE models each one); the driver runs them
 many trials as the backend runs at once (`backend.width`), through the backend's `run_trials`, and
 tells the study each trial's validation NDCG@10. The budget counts distinct points: a proposal of a
 point already evaluated is answered from the store without training and does not count, and one
-round never holds the same point twice. Should TPE propose nothing new 200 times in a row, the
-first unevaluated grid point is taken instead, and the log says so.
+round never holds the same point twice. Should TPE propose nothing new 50 times in a row, the round
+is filled with unevaluated grid points drawn at random, and the log says so. A trial that fails
+(after the backend's retries) is logged, told to the study as failed and counted against this
+run's budget; the search goes on, and a resume tries the point again (as the grid does).
 
 The study lives in a journal file in the experiment directory. After a crash its proposals that
 were never answered are run first (their partly trained students resume from their epoch
-checkpoints), so a resumed search goes on where it stopped and spends no more than its budget.
+checkpoints); proposals cut short while being sampled are closed as failed. A point counts as
+evaluated when the study has its value and the store its record.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 
 import optuna
 
@@ -23,9 +27,11 @@ from csrec.errors import CSRecError
 from csrec.runner.plan import SELECTION_METRIC, trial_for
 from csrec.runner.trials import trial_result
 
-# Proposals in a row that only repeat evaluated or chosen points before a round is closed as it is
-# (or, when the round is still empty, the first unevaluated grid point is taken, with a log line).
-_MAX_REPEATS = 200
+# Proposals in a row that only repeat known points before the round is filled with unevaluated grid
+# points drawn at random (with a log line).
+_MAX_REPEATS = 50
+COMPLETE, RUNNING, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING,
+                           optuna.trial.TrialState.FAIL)
 
 
 def distributions(spec, method: str) -> dict[str, optuna.distributions.CategoricalDistribution]:
@@ -41,6 +47,7 @@ def open_study(cell: tuple, experiment) -> optuna.Study:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial: the runner logs its own
     storage = JournalStorage(JournalFileBackend(str(experiment.directory / "optuna.journal")))
     name = f"{experiment.spec.name}-{'-'.join(cell)}"
     sampler = optuna.samplers.TPESampler(seed=experiment.spec.seeds[0], constant_liar=True)
@@ -53,50 +60,77 @@ def _point(params: dict) -> tuple:
 
 
 def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
-    """Evaluate min(budget, grid size) distinct points of the cell chosen by TPE."""
-    spec = experiment.spec
+    """Evaluate min(budget, grid size) distinct points of the cell, chosen by TPE, round by round."""
+    spec, store, name = experiment.spec, experiment.store, "/".join(cell)
     space = distributions(spec, cell[2])
     grid = [_point(dict(zip(space, values))) for values in itertools.product(*(d.choices for d in space.values()))]
     target = min(budget, len(grid))
     study = open_study(cell, experiment)
+    rng = random.Random(spec.seeds[0])
+    failed: set[tuple] = set()  # failed in this run: counted against the budget, tried again on resume
 
-    def evaluated() -> dict[tuple, float]:
-        return {_point(t.params): t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    def trial_of(point: tuple):
+        return trial_for(spec, cell, dict(point), spec.seeds[0], "search")
 
-    rounds = 0
-    while len(evaluated()) < target:
-        done = evaluated()
-        # Proposals left unanswered by a stopped driver come first, then new ones.
-        batch = {_point(t.params): t.number for t in study.trials
-                 if t.state == optuna.trial.TrialState.RUNNING and _point(t.params) not in done}
-        width = min(backend.width(experiment), target - len(done))
+    while True:
+        # Evaluated: answered in the study and its record in the store (a record the store dropped
+        # as damaged makes its point unevaluated again, so it is run again if proposed).
+        done = {_point(t.params): t.value for t in study.trials if t.state == COMPLETE
+                and set(t.params) == set(space) and trial_result(store, trial_of(_point(t.params))) is not None}
+        if len(done) + len(failed) >= target:
+            break
+        width = min(backend.width(experiment), target - len(done) - len(failed))
+        batch = _leftovers(study, space, done, failed)
         repeats = 0
         while len(batch) < width and repeats < _MAX_REPEATS:
             ask = study.ask(space)
             point = _point(ask.params)
             if point in done:  # known value: answer it, it costs nothing and does not count
                 study.tell(ask, done[point])
-            elif point in batch:  # already chosen this round
-                study.tell(ask, state=optuna.trial.TrialState.FAIL)
+            elif point in batch or point in failed:  # FAIL: TPE leaves it out of its model
+                study.tell(ask, state=FAIL)
             else:
                 batch[point] = ask.number
+                repeats = 0
                 continue
             repeats += 1
-        if not batch:  # TPE has settled on evaluated points; the budget asks for more: say so, go on
-            point = next(p for p in grid if p not in done)
-            log(f"tpe {'/'.join(cell)}: {_MAX_REPEATS} proposals in a row were points already evaluated; "
-                f"evaluating the first unevaluated grid point {dict(point)} to reach the budget")
-            study.enqueue_trial(dict(point))
-            batch[point] = study.ask(space).number
-        trials = {point: trial_for(spec, cell, dict(point), spec.seeds[0], "search") for point in batch}
-        pending = [t for t in trials.values() if trial_result(experiment.store, t) is None]
-        rounds += 1
+        if len(batch) < width:  # TPE keeps proposing what it has: fill the round with unevaluated points
+            fresh = [p for p in grid if p not in done and p not in failed and p not in batch]
+            extra = rng.sample(fresh, min(width - len(batch), len(fresh)))
+            log(f"tpe {name}: {_MAX_REPEATS} proposals in a row repeated known points; adding "
+                f"{len(extra)} unevaluated grid point(s) drawn at random: {[dict(p) for p in extra]}")
+            for point in extra:
+                study.enqueue_trial(dict(point))
+                ask = study.ask(space)
+                if _point(ask.params) != point:
+                    raise CSRecError(f"tpe {name}: Optuna did not hand out the enqueued point {dict(point)}")
+                batch[point] = ask.number
+        trials = {point: trial_of(point) for point in batch}
+        pending = [t for t in trials.values() if trial_result(store, t) is None]
         if pending:
             backend.run_trials(f"tpe-{'-'.join(cell)}-{pending[0].job.key[:8]}", pending, experiment)
         for point, number in batch.items():
-            result = trial_result(experiment.store, trials[point])
-            if result is None:  # the backend has logged why; stop before asking for more
-                raise CSRecError(f"TPE trial {trials[point].label()} did not finish (its error is above); "
-                                 "`launch.py resume` runs it again")
-            study.tell(number, result["valid"][SELECTION_METRIC])
-    log(f"tpe {'/'.join(cell)}: {len(evaluated())} distinct points evaluated (budget {budget})")
+            result = trial_result(store, trials[point])
+            if result is None:  # the backend has logged its error; the search goes on without it
+                study.tell(number, state=FAIL)
+                failed.add(point)
+                log(f"tpe {name}: {trials[point].label()} failed (its error is above); it counts against "
+                    "the budget now, and `launch.py resume` tries it again")
+            else:
+                study.tell(number, result["valid"][SELECTION_METRIC])
+    log(f"tpe {name}: {len(done)} distinct points evaluated, {len(failed)} failed (budget {budget})")
+
+
+def _leftovers(study: optuna.Study, space: dict, done: dict, failed: set) -> dict[tuple, int]:
+    """Proposals a stopped driver left unanswered (RUNNING in the journal): complete, new ones are run
+    first; the others (cut short while being sampled, a repeat, already evaluated) are closed as FAIL."""
+    batch: dict[tuple, int] = {}
+    for trial in study.trials:
+        if trial.state != RUNNING:
+            continue
+        point = _point(trial.params)
+        if set(trial.params) == set(space) and point not in done and point not in failed and point not in batch:
+            batch[point] = trial.number
+        else:
+            study.tell(trial.number, state=FAIL)
+    return batch
