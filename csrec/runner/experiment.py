@@ -156,6 +156,7 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     if pending:
         backend.run_trials("search", pending, experiment)
     for cell, budget in plan.tpe_cells.items():
+        experiment.progress(stage="tpe " + "/".join(cell), tpe_budget=budget)
         run_tpe(cell, budget, experiment, backend, log)
     reruns = seed_trials(plan, store)
     pending = [t for t in reruns if trial_result(store, t) is None]
