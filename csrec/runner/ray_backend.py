@@ -167,9 +167,9 @@ class RayBackend:
                             sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
                             study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 
-    def width(self, experiment) -> int:
+    def width(self, experiment, resources: Resources | None = None) -> int:
         """How many trials run at once: the spec's cap, or as many as the cluster's CPUs (and GPUs) hold."""
-        resources = feasible(experiment.spec.trial_resources, self.log)
+        resources = resources or feasible(experiment.spec.trial_resources, self.log)
         cluster = ray.cluster_resources()
         fits = cluster.get("CPU", 1) // resources.cpu
         if resources.gpu > 0:
@@ -195,17 +195,17 @@ class RayBackend:
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
         view = LiveView(experiment, self.log, trials)
+        lanes = self.width(experiment, resources)  # `feasible` (and its GPU warning) once a stage
         if restoring:
             self.log(f"{stage}: resuming the Tune experiment in {path}")
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
-            concurrency = self.width(experiment)
             tuner = tune.Tuner(
                 trainable,
                 # reuse_actors: a worker process (torch imported, data set loaded and cached by
                 # jobs._load) runs trial after trial instead of being started for each one.
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
-                                            max_concurrent_trials=concurrency, reuse_actors=True),
+                                            max_concurrent_trials=lanes, reuse_actors=True),
                 run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
                                           failure_config=tune.FailureConfig(max_failures=3),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -214,7 +214,7 @@ class RayBackend:
         results = tuner.fit()
         # The stage's wall time and lanes, for benchmarks/utilization.py (Ray and Tune cost per trial).
         write_json_atomic(tune_dir / f"{stage}.timing.json",
-                          {"seconds": time.time() - started, "lanes": self.width(experiment), "resumed": restoring})
+                          {"seconds": time.time() - started, "lanes": lanes, "resumed": restoring})
         failed = [r for r in results if r.error is not None]
         self.log(f"{stage}: {len(results) - len(failed)} trials finished, {len(failed)} failed "
                  f"({time.time() - started:.0f} s)")

@@ -75,8 +75,8 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
     while True:
         # Evaluated: answered in the study and its record in the store (a record the store dropped
         # as damaged makes its point unevaluated again, so it is run again if proposed).
-        done = {_point(t.params): t.value for t in study.trials if t.state == COMPLETE
-                and set(t.params) == set(space) and trial_result(store, trial_of(_point(t.params))) is not None}
+        told = {_point(t.params): t.value for t in study.trials if t.state == COMPLETE and set(t.params) == set(space)}
+        done = {point: value for point, value in told.items() if trial_result(store, trial_of(point)) is not None}
         if len(done) + len(failed) >= target:
             break
         width = min(backend.width(experiment), target - len(done) - len(failed))
