@@ -27,7 +27,7 @@ from csrec.data import DataConfig, load_sequence_data
 from csrec.data.splits import training_samples
 from csrec.models import build_model
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent
-from csrec.train import Batch
+from csrec.train import Batch, trainable_parameters
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm.csv"
 
@@ -38,6 +38,7 @@ class OnTheFlyTeachers(nn.Module):
     def __init__(self, teachers, beta: float, temperature: float):
         super().__init__()
         self.teachers, self.beta, self.temperature = nn.ModuleList(teachers), beta, temperature
+        self.teachers.requires_grad_(False)  # frozen, as in training: nothing of theirs in the optimiser
 
     def forward(self, logits, batch):
         with torch.no_grad():
@@ -48,7 +49,7 @@ class OnTheFlyTeachers(nn.Module):
 
 
 def run_steps(model, objective, samples, batch_size: int, steps: int) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(trainable_parameters(model, objective), lr=1e-3)  # as `fit`
     item_seq, lengths, targets = (torch.as_tensor(x) for x in (samples.item_seq, samples.lengths, samples.targets))
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
     model.train()

@@ -122,7 +122,7 @@ def fit(model: nn.Module, train: Samples, validate: Callable[[nn.Module], float]
     device = resolve_device(config.device)
     model.to(device)
     objective = (objective if objective is not None else CrossEntropy()).to(device)
-    optimizer = torch.optim.Adam(_parameters(model, objective), lr=config.learning_rate,
+    optimizer = torch.optim.Adam(trainable_parameters(model, objective), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
     state = _State(best_model=_copy(model), best_objective=_copy(objective))
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -210,7 +210,7 @@ def _to_device(train: Samples, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.asarray(v, dtype=np.int64)).to(device) for k, v in arrays.items()}
 
 
-def _parameters(model: nn.Module, objective: nn.Module) -> list[nn.Parameter]:
+def trainable_parameters(model: nn.Module, objective: nn.Module) -> list[nn.Parameter]:
     """Model and objective parameters (CSRec-T's noise matrix), each once, in one Adam."""
     seen, params = set(), []
     for p in list(model.parameters()) + list(objective.parameters()):
