@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,16 @@ def test_status_of_a_finished_experiment_prints_its_counts(finished_smoke, capsy
     assert "planned trials (search + base runs): 7 of 7 finished" in out  # 2 Base runs + 5 grid points
     assert "all finished student trials in the store: 11" in out  # + 4 seed reruns
     assert "driver: stage done" in out
+
+
+def test_status_during_a_tpe_search_prints_the_cells_running_total(tmp_path, finished_smoke, capsys):
+    shutil.copy(finished_smoke / "plan.json", tmp_path / "plan.json")
+    (tmp_path / "progress.json").write_text(json.dumps(
+        {"stage": "tpe smoke/gru4rec/softrec", "tpe_evaluated": 2, "tpe_failed": 1, "tpe_target": 3}))
+    assert launch.main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "driver: stage tpe smoke/gru4rec/softrec" in out
+    assert "TPE search of this cell: 2 of 3 distinct points evaluated, 1 failed" in out
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, capsys):

@@ -484,6 +484,8 @@ def test_tpe_goes_on_after_a_failed_trial_and_a_resume_tries_it_again(tmp_path):
     assert any("beta=0.5" in line and "failed" in line for line in lines)
     states = [t.state for t in open_study(cell, experiment).trials if t.params.get("beta") == 0.5]
     assert optuna.trial.TrialState.FAIL in states
+    totals = {k: progress(experiment.directory)[k] for k in ("tpe_evaluated", "tpe_failed", "tpe_target")}
+    assert totals == {"tpe_evaluated": 2, "tpe_failed": 1, "tpe_target": 3}  # the cell's running total
     backend.beta = None  # the cause is gone: a resume tries beta 0.5 again, and only it
     backend.asked.clear()
     run_tpe(cell, 3, experiment, backend, lines.append)

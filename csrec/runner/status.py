@@ -35,6 +35,9 @@ def status(directory: str | Path) -> str:
         f"all finished student trials in the store: {len(trials)}",
         f"driver: stage {progress.get('stage', '?')}, last update {age:.0f} s ago (pid {progress.get('pid', '?')})",
     ]
+    if str(progress.get("stage", "")).startswith("tpe ") and "tpe_target" in progress:
+        lines.append(f"TPE search of this cell: {progress['tpe_evaluated']} of {progress['tpe_target']} distinct "
+                     f"points evaluated, {progress.get('tpe_failed', 0)} failed")
     if progress.get("trials_running") is not None:
         lines.append(f"trials now: {progress.get('trials_running')} running, {progress.get('trials_failed', 0)} failed")
     for method, score in sorted(progress.get("best_valid", {}).items()):

@@ -77,6 +77,8 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
         # as damaged makes its point unevaluated again, so it is run again if proposed).
         told = {_point(t.params): t.value for t in study.trials if t.state == COMPLETE and set(t.params) == set(space)}
         done = {point: value for point, value in told.items() if trial_result(store, trial_of(point)) is not None}
+        # The cell's running total, for `launch.py status` (a round's live view counts that round only).
+        experiment.progress(tpe_evaluated=len(done), tpe_failed=len(failed), tpe_target=target)
         if len(done) + len(failed) >= target:
             break
         width = min(backend.width(experiment), target - len(done) - len(failed))
