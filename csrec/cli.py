@@ -159,7 +159,7 @@ def _run_resume(args: argparse.Namespace) -> int:
     return run_experiment(spec, address=args.address, local=args.local)
 
 
-def _add_status(p: argparse.ArgumentParser) -> None:
+def _add_directory(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="experiment directory")
 
 
@@ -215,11 +215,22 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_teachers(args: argparse.Namespace) -> int:
+    from csrec.runner.teacher_quality import teacher_quality, to_markdown
+
+    frame = teacher_quality(args.directory)
+    if frame.empty:
+        raise CSRecError(f"{args.directory}: no finished soft-label student in the store yet")
+    print(to_markdown(frame))
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train, _run_train, "train one model (Base or a soft-label method) and evaluate it"),
     "run": (_add_run, _run_run, "run an experiment spec: teachers, student grid, seeds, table"),
     "resume": (_add_resume, _run_resume, "go on with an interrupted experiment; nothing finished is redone"),
-    "status": (_add_status, _run_status, "what an experiment has done, is doing and has failed"),
+    "status": (_add_directory, _run_status, "what an experiment has done, is doing and has failed"),
     "table": (_add_table, _run_table, "Table 2-style comparison with paired significance markers"),
+    "teachers": (_add_directory, _run_teachers, "each soft-label student's teacher module as a recommender, next to the student"),
     "report": (_add_report, _run_report, "Markdown/HTML report: tables, popular/niche and input-length plots, plan, failures"),
 }

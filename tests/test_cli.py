@@ -159,3 +159,34 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, ca
     assert "teachers and Base runs: 5 (5 in the store, 0 to train)" in out
     assert "student search trials: 5 (5 finished, 0 to run)" in out
     assert {p: p.stat().st_mtime_ns for p in finished_smoke.rglob("*")} == files
+
+
+def test_teachers_evaluates_each_students_teacher_module(finished_smoke, capsys):
+    from csrec.config import load_spec
+    from csrec.data import load_sequence_data
+    from csrec.data.protocols import train_item_counts
+    from csrec.data.splits import test_samples
+    from csrec.runner.teacher_quality import teacher_quality
+
+    frame = teacher_quality(finished_smoke)
+    roles = frame.groupby("method")["role"].apply(list).to_dict()
+    assert roles == {"csrec-d": ["teacher module", "teacher", "teacher", "student"],
+                     "csrec-m": ["teacher module", "teacher", "teacher", "student"],
+                     "csrec-t": ["teacher module", "teacher", "student"],
+                     "softrec": ["teacher module", "student"]}
+    metrics = ["valid_ndcg@10", "test_recall@10", "test_ndcg@10"]
+    # CSRec-T's module is its one main teacher: evaluated here, it scores what its training stored.
+    module, teacher = frame[frame["method"] == "csrec-t"][metrics].to_numpy()[:2]
+    np.testing.assert_allclose(module, teacher, rtol=1e-12)
+    # SoftRec's teacher ranks by training counts alone, items of the input excluded (windows protocol).
+    data = load_sequence_data(load_spec(finished_smoke / "spec.yaml").datasets["smoke"])
+    counts, test = train_item_counts(data), test_samples(data)
+    ranks = []
+    for seq, target in zip(test.item_seq, test.targets):
+        candidates = np.setdiff1d(np.arange(1, data.n_items + 1), seq[seq > 0])
+        ranks.append(1 + int((counts[candidates] > counts[target]).sum()))
+    softrec = frame[(frame["method"] == "softrec") & (frame["role"] == "teacher module")].iloc[0]
+    assert softrec["test_recall@10"] == pytest.approx(np.mean(np.array(ranks) <= 10))
+    assert launch.main(["teachers", str(finished_smoke)]) == 0
+    assert "| smoke | gru4rec | csrec-m | teacher module | mean logits of gru4rec ce seed=0 + gru4rec ce seed=1 |" \
+        in capsys.readouterr().out
