@@ -73,6 +73,18 @@ def assert_plan_finished(spec_path: Path) -> None:
     assert set(store.keys("trials")) == {t.job.key for t in planned}
 
 
+def test_seed_reruns_go_seed_by_seed_so_a_cut_run_has_its_cells_at_the_same_number_of_seeds(tmp_path, monkeypatch):
+    from csrec.runner import experiment
+
+    spec = load_spec(write_smoke_spec(tmp_path, "order", seeds=[0, 1, 2]))
+    plan = make_plan(spec)
+    best = {t.cell: dict(t.params) for t in plan.grid_trials}  # one point per cell, as if searched
+    monkeypatch.setattr(experiment, "best_points", lambda trials, store: best)
+    order = [(t.seed, t.method) for t in seed_trials(plan, Store(tmp_path / "store"))]
+    methods = sorted(cell[2] for cell in best)
+    assert order == [(1, m) for m in methods] + [(2, m) for m in methods]
+
+
 def created(directory: Path) -> dict[str, float]:
     """kind/key -> meta.json 'created' of every artifact in the store."""
     root = directory / "store"

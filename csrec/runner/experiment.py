@@ -102,11 +102,13 @@ def all_teachers(plan: Plan) -> list[Job]:
 
 
 def seed_trials(plan: Plan, store: Store) -> list[Trial]:
-    """Each cell's best search point (validation NDCG@10) rerun on the spec's other seeds."""
+    """Each cell's best search point (validation NDCG@10) rerun on the spec's other seeds, seed by
+    seed: every cell gets its second seed before any gets its third, so a run cut short (or read
+    while it goes on) has its cells at the same number of seeds, ready for the paired tests."""
     searched = plan.grid_trials + searched_tpe_trials(plan, store)
     best = best_points(searched, store)
     return [trial_for(plan.spec, cell, point, seed, "seeds")
-            for cell, point in sorted(best.items()) for seed in plan.spec.seeds[1:]]
+            for seed in plan.spec.seeds[1:] for cell, point in sorted(best.items())]
 
 
 def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
