@@ -22,6 +22,7 @@ from csrec.evaluate import evaluate
 from csrec.jobs import MODELS, load_model, read_result, splits_for
 from csrec.methods import Job
 from csrec.objectives import popularity_teacher
+from csrec.runner.experiment import searched_tpe_trials
 from csrec.runner.plan import make_plan
 from csrec.store import Store
 
@@ -64,8 +65,6 @@ def teacher_quality(directory: str | Path) -> pd.DataFrame:
     """Per soft-label cell (its best finished search point on validation NDCG@10): the teacher
     module (evaluated here), each of its teachers and the student (their stored metrics). Metrics
     are fractions."""
-    from csrec.runner.experiment import searched_tpe_trials
-
     directory = Path(directory)
     spec = load_spec(directory / "spec.yaml")
     store = Store(directory / "store")
