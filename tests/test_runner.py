@@ -296,14 +296,14 @@ class Driver:
         process = self.start(*args)
         assert process.wait(timeout=500) == 0, self.log.read_text()[-3000:]
 
-    def kill_when(self, process: subprocess.Popen, moment, timeout: float = 400) -> None:
+    def kill_when(self, process: subprocess.Popen, moment, timeout: float = 400, how=signal.SIGKILL) -> int:
         deadline = time.time() + timeout
         while not moment():
             assert process.poll() is None, "ended before the moment to kill it:\n" + self.log.read_text()[-3000:]
             assert time.time() < deadline
             time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(how)
+        return process.wait()
 
     def leftovers(self) -> list[int]:
         mark, found = f"{MARK}={self.mark}".encode(), []
@@ -369,6 +369,28 @@ def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, loc
               if line.startswith("teachers: ") and "in the store" in line]
     assert not counts[-1].startswith("teachers: 0 of")  # the resume found teachers already made
     assert_resumed(spec, before, local_smoke)
+
+
+def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
+    """Tune answers SIGINT by saving its state and returning from fit: the run must stop there (exit
+    130, "interrupted"), not take the stage as finished and go on to the seeds and the table."""
+    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1])
+    directory = tmp_path / "exp"
+    search = directory / "tune" / "search"
+
+    def now() -> bool:
+        return any(p.stat().st_size > 0 for p in search.glob("*/result.json"))
+
+    driver = Driver(tmp_path / "driver.log")
+    try:
+        code = driver.kill_when(driver.start("run", str(spec)), now, how=signal.SIGINT)
+        driver.end_leftovers()
+    finally:
+        driver.close()
+    log = (tmp_path / "driver.log").read_text()
+    assert code == 130 and "interrupted: finished work is kept" in log
+    assert "search: stopped with" in log and "seeds:" not in log and "Table:" not in log
+    assert progress(directory)["stage"] == "search"
 
 
 def test_ray_run_killed_during_the_trials_then_resumed(tmp_path, local_smoke):

@@ -212,6 +212,13 @@ class RayBackend:
             )
         started = time.time()
         results = tuner.fit()
+        # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
+        # finished (its last report says done) nor failed, or was never started, means the stage was
+        # stopped. Say so and stop the run, never go on to the next stage as if it had finished.
+        ended = sum(r.error is not None or bool((r.metrics or {}).get("done")) for r in results)
+        if ended < len(trials):
+            self.log(f"{stage}: stopped with {len(trials) - ended} of {len(trials)} trials unfinished")
+            raise KeyboardInterrupt(stage)
         # The stage's wall time and lanes, for benchmarks/utilization.py (Ray and Tune cost per trial).
         write_json_atomic(tune_dir / f"{stage}.timing.json",
                           {"seconds": time.time() - started, "lanes": lanes, "resumed": restoring})
