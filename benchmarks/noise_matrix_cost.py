@@ -16,15 +16,13 @@ its weights. Also printed: the memory of M, N and Adam's moments, and of the den
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from student_cost import run_steps
+from step_timing import best_step_times, model_maker, step_parser
 
 from csrec.data import DataConfig, load_sequence_data
 from csrec.data.splits import training_samples
-from csrec.models import build_model
 from csrec.objectives import CrossEntropy, FrozenTeachers, TrainingLevelTeacher
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yelp.txt"
@@ -32,18 +30,13 @@ RANK = 64  # the paper's d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gru4rec")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = step_parser(__doc__, batch_size=64, steps=40)
     parser.add_argument("--alpha", type=float, default=0.75)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_sequence_data(DataConfig(path=str(DATA), max_len=10, overlap_head=True))
     samples = training_samples(data)
-    make = lambda seed: (torch.manual_seed(seed), build_model(args.model, data.n_items, data.max_len))[1]  # noqa: E731
+    make = model_maker(args.model, data)
     side = FrozenTeachers([make(1).eval()], samples)
     objectives = {
         "base": lambda: CrossEntropy(),
@@ -52,11 +45,7 @@ def main() -> None:
         "main, reference": lambda: TrainingLevelTeacher(side, data.n_items, args.alpha,
                                                         noise_parametrization="reference"),
     }
-    times = {name: [] for name in objectives}
-    for _ in range(args.repeats):
-        for name, objective in objectives.items():
-            times[name].append(run_steps(make(0), objective(), samples, args.batch_size, args.steps))
-    best = {name: min(values) for name, values in times.items()}
+    best = best_step_times(objectives, make, samples, args)
     n = data.n_items
     print(f"{args.model}, Yelp ({len(samples)} samples, {n} items), batch {args.batch_size}, "
           f"{args.threads} thread(s), best of {args.repeats} x {args.steps} steps, d = {RANK}")

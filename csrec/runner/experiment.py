@@ -104,8 +104,7 @@ def all_teachers(plan: Plan) -> list[Job]:
 def seed_trials(plan: Plan, store: Store) -> list[Trial]:
     """Each cell's best search point (validation NDCG@10) rerun on the spec's other seeds, listed
     seed by seed: every cell's second seed before any cell's third, so that a run cut short has its
-    cells at the same number of seeds. The local backend runs them in this order; the Ray backend's
-    grid searcher (Optuna's GridSampler) hands a stage's points out in a seeded shuffle instead."""
+    cells at the same number of seeds. Both backends start them in this order."""
     searched = plan.grid_trials + searched_tpe_trials(plan, store)
     best = best_points(searched, store)
     return [trial_for(plan.spec, cell, point, seed, "seeds")

@@ -4,10 +4,12 @@
   they learn from are in the store (CSRec-T's main teacher waits for its side teacher). A task that
   dies is retried and resumes from its epoch checkpoint in the store's work folder.
 - Students: one Tuner per stage ("search", "seeds"), whose points are the stage's pending trials,
-  enumerated through Optuna's GridSampler inside OptunaSearch (one categorical over the trial list,
-  so every cell of the grid shares one pool of workers and the tail of one cell never idles the
-  cluster). TPE (csrec.runner.tpe) runs its rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint, are retried from
-  it (FailureConfig), and a restarted driver resumes them with Tuner.restore(resume_errored=True).
+  enumerated through Optuna's GridSampler inside OptunaSearch: one categorical over the trial list,
+  each point enqueued so that they start in the list's order, and every cell of the grid shares one
+  pool of workers (the tail of one cell never idles the cluster). TPE (csrec.runner.tpe) runs its
+  rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint,
+  are retried from it (FailureConfig), and a restarted driver resumes them with
+  Tuner.restore(resume_errored=True).
 - Trials get artifact paths, never object refs, and never launch Ray tasks themselves.
 """
 
@@ -162,9 +164,12 @@ class RayBackend:
 
     @staticmethod
     def _grid_searcher(study_name: str, n: int) -> OptunaSearch:
+        """Hands the stage's points 0..n-1 out in the order of its trial list (seed_trials lists
+        reruns seed by seed): GridSampler alone would shuffle them, so each point is enqueued."""
         points = list(range(n))
         return OptunaSearch(space={"point": optuna.distributions.CategoricalDistribution(points)},
                             sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
+                            points_to_evaluate=[{"point": i} for i in points],
                             study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 
     def width(self, experiment, resources: Resources | None = None) -> int:
