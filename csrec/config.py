@@ -152,6 +152,9 @@ class ExperimentSpec:
     teacher_resources: Resources = Resources()
     trial_resources: Resources = Resources()
     max_concurrent_trials: int | None = None  # None = as many as the cluster holds
+    # Other experiments' directories (or stores) whose trained models this one copies in by key
+    # instead of training them again; made absolute against the current directory, like storage.
+    reuse: tuple[str, ...] = ()
 
     def __post_init__(self):
         from csrec.models import MODELS  # late: keeps `import csrec.config` light
@@ -171,6 +174,11 @@ class ExperimentSpec:
             raise CSRecError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise CSRecError("max_concurrent_trials must be >= 1 (or left out)")
+        for path in self.reuse:
+            folder = Path(path).expanduser().resolve()
+            if not (folder / "store" / "models").is_dir() and not (folder / "models").is_dir():
+                raise CSRecError(f"reuse: {folder} is neither an experiment directory nor a store "
+                                 "(no store/models or models folder in it); fix the path or remove it")
 
     def search_space(self, method: str) -> SearchSpace:
         return self.search.get(method, SearchSpace())
@@ -213,4 +221,5 @@ def spec_to_yaml(spec: ExperimentSpec) -> str:
 
     raw = plain(dataclasses.asdict(spec))
     raw["storage"] = str(spec.directory)
+    raw["reuse"] = [str(Path(p).expanduser().resolve()) for p in spec.reuse]
     return yaml.safe_dump(raw, sort_keys=False)

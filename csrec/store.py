@@ -83,6 +83,21 @@ class Store:
     def meta(self, kind: str, key: str) -> dict:
         return json.loads((self.path(kind, key) / META).read_text())
 
+    def copy_from(self, other: "Store", kind: str, key: str) -> bool:
+        """Copy artifact `key` from `other` when it is intact there (checksums re-made here, the
+        config kept); False when `other` has no intact copy. `other` is only read."""
+        source = other.path(kind, key)
+        if not source.is_dir() or artifact_problem(source) is not None:
+            return False
+
+        def fill(folder: Path) -> None:
+            for path in source.iterdir():
+                if path.is_file() and path.name != META:
+                    shutil.copy2(path, folder / path.name)
+
+        self.write(kind, key, other.meta(kind, key)["config"], fill)
+        return True
+
     def write(self, kind: str, key: str, config: Any, fill: Callable[[Path], None]) -> Path:
         """Make artifact `key`: `fill(tmp_dir)` writes its files; checksums and rename follow."""
         final = self.path(kind, key)

@@ -30,6 +30,7 @@ import yaml
 from conftest import write_smoke_spec
 
 from csrec.config import Resources, load_spec
+from csrec.errors import CSRecError
 from csrec.runner import run_experiment
 from csrec.runner.experiment import seed_trials
 from csrec.runner.plan import make_plan
@@ -92,6 +93,32 @@ def test_ray_grid_searcher_hands_the_stage_points_out_in_list_order():
 
     searcher = RayBackend._grid_searcher("order", 6)
     assert [searcher.suggest(f"t{i}")["point"] for i in range(6)] == list(range(6))
+
+
+def test_an_experiment_reusing_another_copies_its_models_and_trains_nothing(tmp_path, local_smoke, monkeypatch):
+    from csrec import jobs
+    from csrec.runner.experiment import spec_fingerprint
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was trained although the reused experiment holds it")
+
+    monkeypatch.setattr(jobs, "fit", no_training)
+    before = created(local_smoke)
+    spec_path = write_spec(tmp_path, "again", reuse=[str(local_smoke)])
+    run_experiment(spec_path, local=True, table=False, log=quiet)
+    assert_plan_finished(spec_path)
+    assert_same_results(tmp_path / "again", local_smoke)
+    assert set(results(tmp_path / "again")) == set(results(local_smoke))
+    assert created(local_smoke) == before  # the reused store is only read
+    # `reuse` says where models come from, not what is computed: adding it keeps the experiment's identity
+    plain = load_spec(write_spec(tmp_path, "plain"))
+    assert spec_fingerprint(load_spec(spec_path)) == spec_fingerprint(plain)
+
+
+def test_reuse_of_a_folder_that_is_no_experiment_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CSRecError, match="reuse: .*empty is neither an experiment directory nor a store"):
+        load_spec(write_spec(tmp_path, "bad", reuse=[str(tmp_path / "empty")]))
 
 
 def created(directory: Path) -> dict[str, float]:

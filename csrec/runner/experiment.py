@@ -29,7 +29,7 @@ from csrec.store import Store, config_key, write_json_atomic
 
 SPEC_FILE = "spec.yaml"
 # Fields that may change between a run and its resume: how, not what, is computed.
-_RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage")
+_RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage", "reuse")
 
 
 class Backend(Protocol):
@@ -50,6 +50,25 @@ class Experiment:
     @property
     def work_dir(self) -> Path:
         return self.directory / "store" / "work"
+
+    def adopt(self, jobs: list[Job], log=print) -> None:
+        """Copy into this store the models of `jobs` (and of their teachers) that it lacks and a
+        store of `spec.reuse` holds intact: a model's key is the resolved config that makes it, so
+        a copy is the model this experiment would train."""
+        if not self.spec.reuse:
+            return
+        sources = [Store(folder / "store" if (folder / "store").is_dir() else folder)
+                   for folder in (Path(p).expanduser().resolve() for p in self.spec.reuse)]
+        wanted = {j.key: j for job in jobs for j in (job, *dependencies(job))}
+        copied = {}
+        for key in wanted:
+            if self.store.verify(MODELS, key):
+                continue
+            source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
+            if source is not None:
+                copied[str(source.root)] = copied.get(str(source.root), 0) + 1
+        for root, count in copied.items():
+            log(f"reuse: {count} model(s) copied from {root}")
 
     @classmethod
     def open(cls, spec_path: str | Path) -> "Experiment":
@@ -123,6 +142,13 @@ def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
     return found
 
 
+def record_stored(trials: list[Trial], store: Store) -> None:
+    """Write the record of every trial whose model is already in the store (no Tune trial for it)."""
+    for trial in trials:
+        if store.verify(MODELS, trial.job.key):
+            write_record(trial, store)
+
+
 def write_dataset_summaries(experiment: Experiment) -> None:
     """datasets/<name>.json: item training counts, for the popular/niche analysis (files only)."""
     from csrec.data import load_sequence_data
@@ -143,14 +169,13 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     store = experiment.store
     write_dataset_summaries(experiment)
     teachers = all_teachers(plan)
+    experiment.adopt(teachers + [t.job for t in plan.trials], log)
     todo = missing(teachers, store)
     log(f"teachers: {len(teachers) - len(todo)} of {len(teachers)} in the store, {len(todo)} to train")
     experiment.progress(stage="teachers", teachers_total=len(teachers))
     if todo:
         backend.train_models(todo, experiment)
-    for trial in plan.trials:
-        if trial.method == "base":
-            write_record(trial, store)
+    record_stored(plan.trials, store)  # Base runs (trained as teachers) and models copied in
     grid = plan.grid_trials
     pending = [t for t in grid if trial_result(store, t) is None]
     log(f"search: {len(grid) - len(pending)} of {len(grid)} trials finished, {len(pending)} to run")
@@ -161,6 +186,8 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
         experiment.progress(stage="tpe " + "/".join(cell), tpe_budget=budget)
         run_tpe(cell, budget, experiment, backend, log)
     reruns = seed_trials(plan, store)
+    experiment.adopt([t.job for t in reruns], log)
+    record_stored(reruns, store)
     pending = [t for t in reruns if trial_result(store, t) is None]
     log(f"seeds: {len(reruns) - len(pending)} of {len(reruns)} reruns of the best points finished, {len(pending)} to run")
     experiment.progress(stage="seeds", reruns_total=len(reruns))
