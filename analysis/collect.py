@@ -39,7 +39,7 @@ class Collection:
 
     results: one row per (finished trial, split, metric): key, dataset, model, method, config, one
         column per hyperparameter (NaN where unset), seed, stage, split, metric, value (a fraction).
-    trials: one row per finished trial (the same identifying columns, no metrics).
+    trials: one row per finished trial (the same identifying columns and its best epoch, no metrics).
     unfinished: one row per trial directory that is not (yet) a finished trial: key, reason, and the
         cell when its result.json could be read.
     expected_cells: the cells the plan asks for, in the plan's order (the found cells without a plan).
@@ -135,13 +135,13 @@ def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         ident = {"key": r["key"], "dataset": r["dataset"], "model": r["model"], "method": r["method"],
                  "config": config_label(params), "seed": int(r["seed"]), "stage": r["stage"]}
         hyper = {name: np.nan if params.get(name) is None else float(params[name]) for name in param_names}
-        trial_rows.append(ident | hyper)
+        trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch")})
         for split in SPLITS:
             for metric, value in sorted(r.get(split, {}).items()):
                 rows.append(ident | hyper | {"split": split, "metric": metric,
                                              "value": np.nan if value is None else float(value)})
     columns = ID_COLUMNS + param_names
-    trials = pd.DataFrame(trial_rows, columns=columns)
+    trials = pd.DataFrame(trial_rows, columns=columns + ["best_epoch"])
     results = pd.DataFrame(rows, columns=columns + ["split", "metric", "value"])
     return results, trials
 

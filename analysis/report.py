@@ -39,7 +39,8 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
              f"finished trials, {len(collection.missing_cells)} of {len(collection.expected_cells)} cells missing.",
              "## What failed or is missing", _section(lambda: _failures(collection)),
              "## Table 2: test metrics", _section(lambda: comparison_table(directory, "md")),
-             "### Selected configurations", _section(lambda: _selected(collection))]
+             "### Selected configurations", _section(lambda: _selected(collection)),
+             "### Runs of the selected configurations", _section(lambda: _runs(collection))]
     if collection.results["metric"].str.contains("+", regex=False).any():
         parts += ["## Table 3: positive preferences (targets rated >= 4, Eq. 16)",
                   _section(lambda: comparison_table(directory, "md", metrics=("recall+@10", "ndcg+@10")))]
@@ -123,6 +124,23 @@ def _selected(collection: Collection) -> str:
     rows = [{"dataset": c[0], "model": c[1], "method": METHOD_NAMES.get(c[2], c[2]), "config": s.config,
              "valid NDCG@10 (%)": s.valid_score * 100, "from": s.source, "runs": len(s.keys)}
             for c, s in sorted(chosen.items(), key=lambda item: _cell_order(item[0]))]
+    return _markdown_table(pd.DataFrame(rows))
+
+
+def _runs(collection: Collection) -> str:
+    """Per selected cell, each run its Table 2 numbers average: seed, best epoch, valid and test metrics."""
+    value = collection.results.set_index(["key", "split", "metric"])["value"]
+    trials = collection.trials.set_index("key")
+
+    def percent(key: str, split: str, metric: str) -> float:
+        return value.get((key, split, metric), float("nan")) * 100
+
+    rows = [{"dataset": c[0], "model": c[1], "method": METHOD_NAMES.get(c[2], c[2]), "config": s.config,
+             "seed": trials.at[key, "seed"], "best epoch": trials.at[key, "best_epoch"],
+             "valid NDCG@10 (%)": percent(key, "valid", "ndcg@10"),
+             "test Recall@10 (%)": percent(key, "test", "recall@10"),
+             "test NDCG@10 (%)": percent(key, "test", "ndcg@10")}
+            for c, s in sorted(select(collection).items(), key=lambda item: _cell_order(item[0])) for key in s.keys]
     return _markdown_table(pd.DataFrame(rows))
 
 

@@ -71,6 +71,12 @@ def test_report_of_a_finished_experiment(smoke, tmp_path):
     base = group_metrics(collect(directory)).query("method == 'base' and group == 'all' and metric == 'recall@10'")
     table_row = next(line for line in text.splitlines() if line.startswith("| smoke | Base |"))
     assert f"{base['value'].item() * 100:.3f}" == re.search(r"\d+\.\d{3}", table_row.split("|")[3]).group()
+    # the runs behind each Table 2 number, seed by seed: 5 cells x 2 seeds; their mean is the table's
+    runs = text.split("### Runs of the selected configurations")[1].split("\n## ")[0]
+    base_runs = [line.split("|") for line in runs.splitlines() if line.startswith("| smoke | gru4rec | Base |")]
+    assert runs.count("| smoke | gru4rec |") == 10 and [int(r[5]) for r in base_runs] == [0, 1]
+    mean = sum(float(r[8]) for r in base_runs) / 2
+    assert abs(mean - float(re.search(r"\d+\.\d{3}", table_row.split("|")[3]).group())) <= 0.001
     page = (directory / "report.html").read_text()
     assert page.count("<table>") == text.count("\n|---") and all(f'src="{i}"' in page for i in images)
 
