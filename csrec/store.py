@@ -84,18 +84,23 @@ class Store:
         return json.loads((self.path(kind, key) / META).read_text())
 
     def copy_from(self, other: "Store", kind: str, key: str) -> bool:
-        """Copy artifact `key` from `other` when it is intact there (checksums re-made here, the
-        config kept); False when `other` has no intact copy. `other` is only read."""
+        """Copy artifact `key` from `other` (only read) when it is intact there: the files its meta
+        lists, each checked against its digest, the config kept. False when `other` has no intact
+        copy, or it changed or vanished while being copied (another run removing a damaged one)."""
         source = other.path(kind, key)
-        if not source.is_dir() or artifact_problem(source) is not None:
+        try:
+            meta = json.loads((source / META).read_text())
+            files = meta["files"]
+
+            def fill(folder: Path) -> None:
+                for name, digest in files.items():
+                    shutil.copy2(source / name, folder / name)
+                    if file_sha256(folder / name) != digest:
+                        raise ValueError(f"{name} does not match its checksum")
+
+            self.write(kind, key, meta["config"], fill)
+        except (OSError, ValueError, KeyError):
             return False
-
-        def fill(folder: Path) -> None:
-            for path in source.iterdir():
-                if path.is_file() and path.name != META:
-                    shutil.copy2(path, folder / path.name)
-
-        self.write(kind, key, other.meta(kind, key)["config"], fill)
         return True
 
     def write(self, kind: str, key: str, config: Any, fill: Callable[[Path], None]) -> Path:

@@ -75,6 +75,9 @@ def test_report_of_a_finished_experiment(smoke, tmp_path):
     runs = text.split("### Runs of the selected configurations")[1].split("\n## ")[0]
     base_runs = [line.split("|") for line in runs.splitlines() if line.startswith("| smoke | gru4rec | Base |")]
     assert runs.count("| smoke | gru4rec |") == 10 and [int(r[5]) for r in base_runs] == [0, 1]
+    records = [json.loads(p.read_text()) for p in (directory / "store" / "trials").glob("*/result.json")]
+    epochs = {r["seed"]: r["best_epoch"] for r in records if r["method"] == "base"}
+    assert [int(r[6]) for r in base_runs] == [epochs[0], epochs[1]]
     mean = sum(float(r[8]) for r in base_runs) / 2
     assert abs(mean - float(re.search(r"\d+\.\d{3}", table_row.split("|")[3]).group())) <= 0.001
     page = (directory / "report.html").read_text()

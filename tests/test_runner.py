@@ -103,22 +103,33 @@ def test_an_experiment_reusing_another_copies_its_models_and_trains_nothing(tmp_
         raise AssertionError("a model was trained although the reused experiment holds it")
 
     monkeypatch.setattr(jobs, "fit", no_training)
-    before = created(local_smoke)
-    spec_path = write_spec(tmp_path, "again", reuse=[str(local_smoke)])
-    run_experiment(spec_path, local=True, table=False, log=quiet)
+    source = tmp_path / "source"
+    shutil.copytree(local_smoke, source)
+    before = created(source)
+    spec_path = write_spec(tmp_path, "again", reuse=[str(source)])
+    lines = []
+    run_experiment(spec_path, local=True, table=False, log=lines.append)
+    assert any(line.startswith("reuse: ") and "copied from" in line for line in lines)
     assert_plan_finished(spec_path)
     assert_same_results(tmp_path / "again", local_smoke)
     assert set(results(tmp_path / "again")) == set(results(local_smoke))
-    assert created(local_smoke) == before  # the reused store is only read
+    assert created(source) == before  # the reused store is only read
     # `reuse` says where models come from, not what is computed: adding it keeps the experiment's identity
     plain = load_spec(write_spec(tmp_path, "plain"))
     assert spec_fingerprint(load_spec(spec_path)) == spec_fingerprint(plain)
+    # the copies are this experiment's own: it resumes (from its spec.yaml) with the source gone
+    shutil.rmtree(source)
+    lines.clear()
+    run_experiment(tmp_path / "again" / "spec.yaml", local=True, table=False, log=lines.append)
+    assert any("holds no models any more" in line for line in lines)
+    assert_plan_finished(spec_path)
 
 
-def test_reuse_of_a_folder_that_is_no_experiment_is_refused(tmp_path):
+def test_reuse_of_a_folder_that_is_no_experiment_is_refused_when_the_experiment_starts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CSRecError, match="reuse: .*empty is neither an experiment directory nor a store"):
-        load_spec(write_spec(tmp_path, "bad", reuse=[str(tmp_path / "empty")]))
+        run_experiment(write_spec(tmp_path, "bad", reuse=[str(tmp_path / "empty")]), local=True, log=quiet)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def created(directory: Path) -> dict[str, float]:

@@ -68,3 +68,16 @@ def test_second_writer_keeps_the_first_artifact(tmp_path):
     store.write("models", "k4", {}, _fill("second"))
     assert (store.path("models", "k4") / "model.pt").read_text().startswith("first")
     assert json.loads((store.path("models", "k4") / "meta.json").read_text())["key"] == "k4"
+
+
+def test_copy_from_another_store_checks_the_copy_and_only_reads_the_source(tmp_path):
+    source, target = Store(tmp_path / "a"), Store(tmp_path / "b")
+    source.write("models", "k", {"x": 1}, lambda d: (d / "model.pt").write_bytes(b"weights"))
+    source.write("models", "bad", {"x": 2}, lambda d: (d / "model.pt").write_bytes(b"weights"))
+    (source.path("models", "bad") / "model.pt").write_bytes(b"truncat")  # damaged after it was written
+    assert target.copy_from(source, "models", "k") and target.verify("models", "k")
+    assert (target.path("models", "k") / "model.pt").read_bytes() == b"weights"
+    assert target.meta("models", "k")["config"] == {"x": 1}
+    assert not target.copy_from(source, "models", "bad") and not target.path("models", "bad").exists()
+    assert not target.copy_from(source, "models", "absent")
+    assert (source.path("models", "bad") / "model.pt").is_file()  # the damaged source is left as it was

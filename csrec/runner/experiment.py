@@ -24,7 +24,7 @@ from csrec.jobs import MODELS
 from csrec.methods import Job, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.tpe import run_tpe
-from csrec.runner.trials import TRIALS, best_points, trial_result, write_record
+from csrec.runner.trials import TRIALS, best_points, record_stored, trial_result
 from csrec.store import Store, config_key, write_json_atomic
 
 SPEC_FILE = "spec.yaml"
@@ -54,19 +54,16 @@ class Experiment:
     def adopt(self, jobs: list[Job], log=print) -> None:
         """Copy into this store the models of `jobs` (and of their teachers) that it lacks and a
         store of `spec.reuse` holds intact: a model's key is the resolved config that makes it, so
-        a copy is the model this experiment would train."""
-        if not self.spec.reuse:
-            return
-        sources = [Store(folder / "store" if (folder / "store").is_dir() else folder)
-                   for folder in (Path(p).expanduser().resolve() for p in self.spec.reuse)]
+        a copy is the model this experiment would train. A reused experiment that has gone since
+        this one started is said and passed over: what it held is trained here."""
+        sources = reuse_stores(self.spec, log)
         wanted = {j.key: j for job in jobs for j in (job, *dependencies(job))}
-        copied = {}
+        copied: dict[str, int] = {}
         for key in wanted:
-            if self.store.verify(MODELS, key):
-                continue
-            source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
-            if source is not None:
-                copied[str(source.root)] = copied.get(str(source.root), 0) + 1
+            if sources and not self.store.verify(MODELS, key):
+                source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
+                if source is not None:
+                    copied[str(source.root)] = copied.get(str(source.root), 0) + 1
         for root, count in copied.items():
             log(f"reuse: {count} model(s) copied from {root}")
 
@@ -86,6 +83,8 @@ class Experiment:
                 )
         elif directory.exists() and any(directory.iterdir()):
             raise CSRecError(f"storage: {directory} exists and is not an experiment directory; choose another")
+        else:  # a new experiment: a `reuse` entry that names nothing is a mistake in the spec
+            reuse_stores(spec, log=None)
         return cls(spec, directory)
 
     def initialise(self, spec_path: str | Path) -> None:
@@ -101,6 +100,23 @@ class Experiment:
         path = self.directory / "progress.json"
         current = json.loads(path.read_text()) if path.is_file() else {}
         write_json_atomic(path, current | fields | {"updated": time.time(), "pid": os.getpid()})
+
+
+def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
+    """The stores `spec.reuse` names (an experiment directory or a store root each). A folder that
+    is neither is an error with `log=None` (a spec being started), else said and passed over."""
+    stores = []
+    for path in spec.reuse:
+        folder = Path(path).expanduser().resolve()
+        root = folder / "store" if (folder / "store" / "models").is_dir() else folder
+        if (root / "models").is_dir():
+            stores.append(Store(root))
+        elif log is None:
+            raise CSRecError(f"reuse: {folder} is neither an experiment directory nor a store (no store/models "
+                             "or models folder in it); fix the path, run that experiment first, or remove the entry")
+        else:
+            log(f"reuse: {folder} holds no models any more (moved or deleted?); what it held is trained here")
+    return stores
 
 
 def spec_fingerprint(spec: ExperimentSpec) -> str:
@@ -142,13 +158,6 @@ def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
     return found
 
 
-def record_stored(trials: list[Trial], store: Store) -> None:
-    """Write the record of every trial whose model is already in the store (no Tune trial for it)."""
-    for trial in trials:
-        if store.verify(MODELS, trial.job.key):
-            write_record(trial, store)
-
-
 def write_dataset_summaries(experiment: Experiment) -> None:
     """datasets/<name>.json: item training counts, for the popular/niche analysis (files only)."""
     from csrec.data import load_sequence_data
@@ -187,8 +196,7 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
         run_tpe(cell, budget, experiment, backend, log)
     reruns = seed_trials(plan, store)
     experiment.adopt([t.job for t in reruns], log)
-    record_stored(reruns, store)
-    pending = [t for t in reruns if trial_result(store, t) is None]
+    pending = record_stored(reruns, store)
     log(f"seeds: {len(reruns) - len(pending)} of {len(reruns)} reruns of the best points finished, {len(pending)} to run")
     experiment.progress(stage="seeds", reruns_total=len(reruns))
     needed = missing(list({j.key: j for t in pending for j in dependencies(t.job)}.values()), store)

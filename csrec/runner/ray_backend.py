@@ -4,8 +4,8 @@
   they learn from are in the store (CSRec-T's main teacher waits for its side teacher). A task that
   dies is retried and resumes from its epoch checkpoint in the store's work folder.
 - Students: one Tuner per stage ("search", "seeds"), whose points are the stage's pending trials,
-  enumerated through Optuna's GridSampler inside OptunaSearch: one categorical over the trial list,
-  each point enqueued so that they start in the list's order, and every cell of the grid shares one
+  enumerated through OptunaSearch: one categorical over the trial list, each point enqueued in the
+  study so that they start once each, in the list's order, and every cell of the grid shares one
   pool of workers (the tail of one cell never idles the cluster). TPE (csrec.runner.tpe) runs its
   rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint,
   are retried from it (FailureConfig), and a restarted driver resumes them with
@@ -47,8 +47,8 @@ def start_ray(address: str | None = None, log=print) -> None:
     # frequent snapshots, and Optuna's about a finished grid stopping its study, are expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # GridSampler stops its study once every point is handed out; OptunaSearch then logs the
-    # RuntimeError of telling that stopped study (our results live in the store, not in the study).
+    # OptunaSearch's warnings about its own study's bookkeeping are noise here: results live in
+    # the store, not in the study.
     logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
@@ -164,11 +164,13 @@ class RayBackend:
 
     @staticmethod
     def _grid_searcher(study_name: str, n: int) -> OptunaSearch:
-        """Hands the stage's points 0..n-1 out in the order of its trial list (seed_trials lists
-        reruns seed by seed): GridSampler alone would shuffle them, so each point is enqueued."""
+        """Hands the stage's points 0..n-1 out once each, in the order of its trial list (seed_trials
+        lists reruns seed by seed): every point is enqueued in the study, and Tune asks for exactly n.
+        (Optuna's GridSampler, the first design, hands a grid out in a seeded shuffle.) The sampler
+        is never consulted; it is named for a study that is complete."""
         points = list(range(n))
         return OptunaSearch(space={"point": optuna.distributions.CategoricalDistribution(points)},
-                            sampler=optuna.samplers.GridSampler({"point": points}, seed=0),
+                            sampler=optuna.samplers.RandomSampler(seed=0),
                             points_to_evaluate=[{"point": i} for i in points],
                             study_name=study_name, metric=f"valid_{SELECTION_METRIC}", mode="max")
 

@@ -25,7 +25,7 @@ import optuna
 
 from csrec.errors import CSRecError
 from csrec.runner.plan import SELECTION_METRIC, trial_for
-from csrec.runner.trials import trial_result
+from csrec.runner.trials import record_stored, trial_result
 
 # Proposals in a row that only repeat known points before the round is filled with unevaluated grid
 # points drawn at random (with a log line).
@@ -108,7 +108,8 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
                     raise CSRecError(f"tpe {name}: Optuna did not hand out the enqueued point {dict(point)}")
                 batch[point] = ask.number
         trials = {point: trial_of(point) for point in batch}
-        pending = [t for t in trials.values() if trial_result(store, t) is None]
+        experiment.adopt([t.job for t in trials.values()], log)
+        pending = record_stored([t for t in trials.values() if trial_result(store, t) is None], store)
         if pending:
             backend.run_trials(f"tpe-{'-'.join(cell)}-{pending[0].job.key[:8]}", pending, experiment)
         for point, number in batch.items():

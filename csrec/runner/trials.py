@@ -41,6 +41,15 @@ def write_record(trial: Trial, store: Store) -> dict:
     return record
 
 
+def record_stored(trials: list[Trial], store: Store) -> list[Trial]:
+    """Write the record of every trial whose model is already in the store (no training, no Tune
+    trial for it); returns the trials still without a record."""
+    for trial in trials:
+        if store.verify(MODELS, trial.job.key):
+            write_record(trial, store)
+    return [t for t in trials if trial_result(store, t) is None]
+
+
 def trial_result(store: Store, trial: Trial) -> dict | None:
     """The finished trial's result.json, or None when it has not finished."""
     if not store.verify(TRIALS, trial.job.key):
