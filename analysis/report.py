@@ -129,6 +129,9 @@ def _selected(collection: Collection) -> str:
 
 def _runs(collection: Collection) -> str:
     """Per selected cell, each run its Table 2 numbers average: seed, best epoch, valid and test metrics."""
+    chosen = select(collection)
+    if not chosen:
+        raise CSRecError("no finished search trial yet, so no configuration is selected")
     value = collection.results.set_index(["key", "split", "metric"])["value"]
     trials = collection.trials.set_index("key")
 
@@ -140,7 +143,7 @@ def _runs(collection: Collection) -> str:
              "valid NDCG@10 (%)": percent(key, "valid", "ndcg@10"),
              "test Recall@10 (%)": percent(key, "test", "recall@10"),
              "test NDCG@10 (%)": percent(key, "test", "ndcg@10")}
-            for c, s in sorted(select(collection).items(), key=lambda item: _cell_order(item[0])) for key in s.keys]
+            for c, s in sorted(chosen.items(), key=lambda item: _cell_order(item[0])) for key in s.keys]
     return _markdown_table(pd.DataFrame(rows))
 
 

@@ -115,7 +115,7 @@ def test_report_of_an_experiment_that_never_ran(smoke, tmp_path):
     text = write_report(directory, html_too=False).read_text()
     assert "cells with no finished trial: 5 of 5" in text and "teachers with no finished model: 5 of 5" in text
     assert "datasets/smoke.json does not exist" in text and _images(text) == []
-    assert text.count("Not available:") == 3  # selected configurations, groups (per data set), input lengths
+    assert text.count("Not available:") == 4  # selected configurations, their runs, groups, input lengths
     assert not (directory / "report.html").exists()
     with pytest.raises(CSRecError, match="does not exist"):
         write_report(tmp_path / "nowhere")
