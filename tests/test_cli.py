@@ -131,6 +131,10 @@ def test_status_of_a_finished_experiment_prints_its_counts(finished_smoke, capsy
     assert "planned trials (search + base runs): 7 of 7 finished" in out  # 2 Base runs + 5 grid points
     assert "all finished student trials in the store: 11" in out  # + 4 seed reruns
     assert "driver: stage done" in out
+    # the best validation score per method, from the store's records (whichever backend ran them)
+    records = [json.loads(p.read_text()) for p in (finished_smoke / "store" / "trials").glob("*/result.json")]
+    best = max(r["valid"]["ndcg@10"] for r in records if r["method"] == "csrec-m")
+    assert f"best valid ndcg@10 so far, csrec-m: {best:.4f}" in out
 
 
 def test_status_during_a_tpe_search_prints_the_cells_running_total(tmp_path, finished_smoke, capsys):

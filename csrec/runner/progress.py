@@ -5,17 +5,20 @@ from __future__ import annotations
 from ray.tune import Callback
 
 from csrec.runner.plan import SELECTION_METRIC
+from csrec.runner.trials import best_valid_by_method
 
 METRIC = f"valid_{SELECTION_METRIC}"
 
 
 class LiveView(Callback):
     """Prints one line per finished or failed trial and a summary whenever the counts change; keeps
-    progress.json current (teachers done/running/pending, trials done/running/failed, best so far)."""
+    progress.json current (teachers done/running/pending, trials done/running/failed). The best
+    score so far starts from every trial already in the store (earlier stages, runs, reused models)."""
 
     def __init__(self, experiment, log=print, trials=None):
         self.experiment, self.log, self.trials = experiment, log, trials or []
-        self.counts, self.best = {}, {}
+        self.counts = {}
+        self.best = {m: (s, "in the store") for m, s in best_valid_by_method(experiment.store).items()}
 
     def __getstate__(self):  # Tune pickles callbacks with its state; the printer is not needed there
         return {k: v for k, v in self.__dict__.items() if k != "log"} | {"log": print}
@@ -56,6 +59,6 @@ class LiveView(Callback):
         self.counts = counts
         best = {m: round(s, 4) for m, (s, _) in self.best.items()}
         self.experiment.progress(trials_done=counts["done"], trials_running=counts["running"],
-                                 trials_failed=counts["failed"], best_valid=best)
+                                 trials_failed=counts["failed"])
         self.log(f"trials: {counts['done']} done, {counts['running']} running, {counts['failed']} failed; "
                  f"best {METRIC} " + ", ".join(f"{m} {s:.4f}" for m, s in best.items()))

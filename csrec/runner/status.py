@@ -8,7 +8,7 @@ from pathlib import Path
 
 from csrec.jobs import MODELS
 from csrec.runner.plan import SELECTION_METRIC
-from csrec.runner.trials import TRIALS
+from csrec.runner.trials import TRIALS, best_valid_by_method
 from csrec.store import Store
 
 
@@ -40,6 +40,6 @@ def status(directory: str | Path) -> str:
                      f"points evaluated, {progress.get('tpe_failed', 0)} failed")
     if progress.get("trials_running") is not None:
         lines.append(f"trials now: {progress.get('trials_running')} running, {progress.get('trials_failed', 0)} failed")
-    for method, score in sorted(progress.get("best_valid", {}).items()):
+    for method, score in sorted(best_valid_by_method(store).items()):
         lines.append(f"best valid {SELECTION_METRIC} so far, {method}: {score:.4f}")
     return "\n".join(lines)

@@ -57,6 +57,17 @@ def trial_result(store: Store, trial: Trial) -> dict | None:
     return json.loads((store.path(TRIALS, trial.job.key) / "result.json").read_text())
 
 
+def best_valid_by_method(store: Store) -> dict[str, float]:
+    """method -> the best validation NDCG@10 among all the finished trials in the store (files only)."""
+    best: dict[str, float] = {}
+    for key in store.keys(TRIALS):
+        record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
+        score = record["valid"].get(SELECTION_METRIC)
+        if score is not None and score > best.get(record["method"], float("-inf")):
+            best[record["method"]] = score
+    return best
+
+
 def best_points(trials: list[Trial], store: Store) -> dict[tuple, dict[str, float]]:
     """Per (dataset, model, method): the finished search point with the best validation NDCG@10.
 
