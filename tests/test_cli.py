@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_smoke_spec
 
 import launch
 from csrec.cli import COMMANDS
@@ -26,7 +26,6 @@ from csrec.evaluate import compute_metrics
 from csrec.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 SMOKE_DATA = ROOT / "experiments" / "data" / "smoke.csv"
 PER_USER_COLUMNS = ["split", "sequence", "user", "target", "rank", "rating", "input_length"]  # docs/FORMATS.md
 
@@ -37,13 +36,7 @@ def train_args(tmp_path: Path, *extra: str, data: Path = SMOKE_DATA) -> list[str
             "--threads", "1", *extra]
 
 
-def smoke_spec(folder: Path, name: str) -> Path:
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["datasets"]["smoke"]["path"] = str(SMOKE_DATA)
-    raw["storage"] = str(folder / name)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+smoke_spec = write_smoke_spec
 
 
 @pytest.fixture
@@ -151,8 +144,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, ca
     spec = smoke_spec(tmp_path, "fresh")
     assert launch.main(["run", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "teachers and Base runs: 5 (0 in the store, 5 to train)" in out
-    assert "student search trials: 5 (0 finished, 5 to run)" in out
+    assert "teachers and Base runs: 5 (0 in the store, 0 to copy from a reused experiment, 5 to train)" in out
+    assert "student search trials: 5 (0 finished, 0 to copy from a reused experiment, 5 to run)" in out
     assert "seed reruns after the search: 4 cells x 1 seeds = 4 trials" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.yaml"]
 
@@ -160,9 +153,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, ca
     files = {p: p.stat().st_mtime_ns for p in finished_smoke.rglob("*")}
     assert launch.main(["run", str(finished), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "teachers and Base runs: 5 (5 in the store, 0 to train)" in out
-    assert "student search trials: 5 (5 finished, 0 to run)" in out
+    assert "teachers and Base runs: 5 (5 in the store, 0 to copy from a reused experiment, 0 to train)" in out
+    assert "student search trials: 5 (5 finished, 0 to copy from a reused experiment, 0 to run)" in out
+    # a new experiment reusing the finished one would copy everything and train nothing
+    reusing = smoke_spec(tmp_path, "reusing", reuse=[str(finished_smoke)])
+    assert launch.main(["run", str(reusing), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "teachers and Base runs: 5 (0 in the store, 5 to copy from a reused experiment, 0 to train)" in out
+    assert "student search trials: 5 (0 finished, 5 to copy from a reused experiment, 0 to run)" in out
     assert {p: p.stat().st_mtime_ns for p in finished_smoke.rglob("*")} == files
+    assert not (tmp_path / "reusing").exists()
 
 
 def test_teachers_evaluates_each_students_teacher_module(finished_smoke, capsys):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from csrec.runner.experiment import SPEC_FILE, Experiment, all_teachers, execute, missing
+from csrec.jobs import MODELS
+from csrec.runner.experiment import SPEC_FILE, Experiment, all_teachers, execute, missing, reuse_stores
 from csrec.runner.plan import make_plan
 from csrec.runner.trials import trial_result
 
@@ -42,13 +43,23 @@ def print_plan(experiment: Experiment, log=print) -> None:
     store = experiment.store
     teachers = all_teachers(plan)
     todo = missing(teachers, store)
+    sources = reuse_stores(experiment.spec, log)
+
+    def reusable(key: str) -> bool:  # what a run would copy in (the copy checks it in full)
+        return any(key in s.keys(MODELS) for s in sources)
+
+    reused = {j.key for j in todo if reusable(j.key)}
     grid = plan.grid_trials
     finished = sum(trial_result(store, t) is not None for t in grid)
+    in_reuse = sum(reusable(t.job.key) for t in grid if trial_result(store, t) is None)
     log(f"experiment {experiment.spec.name} in {experiment.directory}")
-    log(f"teachers and Base runs: {len(teachers)} ({len(teachers) - len(todo)} in the store, {len(todo)} to train)")
+    log(f"teachers and Base runs: {len(teachers)} ({len(teachers) - len(todo)} in the store, "
+        f"{len(reused)} to copy from a reused experiment, {len(todo) - len(reused)} to train)")
     for job in teachers:
-        log(f"  {'done ' if job not in todo else 'todo '} {job.key}  {job.describe()}")
-    log(f"student search trials: {len(grid)} ({finished} finished, {len(grid) - finished} to run)")
+        state = "done " if job not in todo else "reuse" if job.key in reused else "todo "
+        log(f"  {state} {job.key}  {job.describe()}")
+    log(f"student search trials: {len(grid)} ({finished} finished, {in_reuse} to copy from a reused experiment, "
+        f"{len(grid) - finished - in_reuse} to run)")
     for cell, budget in plan.tpe_cells.items():
         log(f"TPE search of {'/'.join(cell)}: {budget} trials")
     cells = {t.cell for t in grid} | set(plan.tpe_cells)
