@@ -182,6 +182,10 @@ class ExperimentSpec:
     def directory(self) -> Path:
         return Path(self.storage).expanduser().resolve()
 
+    @property
+    def reuse_directories(self) -> tuple[Path, ...]:
+        return tuple(Path(p).expanduser().resolve() for p in self.reuse)
+
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and check an experiment YAML; data paths are resolved against the spec's folder."""
@@ -216,5 +220,5 @@ def spec_to_yaml(spec: ExperimentSpec) -> str:
 
     raw = plain(dataclasses.asdict(spec))
     raw["storage"] = str(spec.directory)
-    raw["reuse"] = [str(Path(p).expanduser().resolve()) for p in spec.reuse]
+    raw["reuse"] = [str(p) for p in spec.reuse_directories]
     return yaml.safe_dump(raw, sort_keys=False)

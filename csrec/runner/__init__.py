@@ -43,15 +43,11 @@ def print_plan(experiment: Experiment, log=print) -> None:
     store = experiment.store
     teachers = all_teachers(plan)
     todo = missing(teachers, store)
-    sources = reuse_stores(experiment.spec, log)
-
-    def reusable(key: str) -> bool:  # what a run would copy in (the copy checks it in full)
-        return any(key in s.keys(MODELS) for s in sources)
-
-    reused = {j.key for j in todo if reusable(j.key)}
+    reusable = {key for s in reuse_stores(experiment.spec, log) for key in s.keys(MODELS)}  # a run checks each copy
+    reused = {j.key for j in todo if j.key in reusable}
     grid = plan.grid_trials
     finished = sum(trial_result(store, t) is not None for t in grid)
-    in_reuse = sum(reusable(t.job.key) for t in grid if trial_result(store, t) is None)
+    in_reuse = sum(t.job.key in reusable for t in grid if trial_result(store, t) is None)
     log(f"experiment {experiment.spec.name} in {experiment.directory}")
     log(f"teachers and Base runs: {len(teachers)} ({len(teachers) - len(todo)} in the store, "
         f"{len(reused)} to copy from a reused experiment, {len(todo) - len(reused)} to train)")

@@ -57,10 +57,12 @@ class Experiment:
         a copy is the model this experiment would train. A reused experiment that has gone since
         this one started is said and passed over: what it held is trained here."""
         sources = reuse_stores(self.spec, log)
-        wanted = {j.key: j for job in jobs for j in (job, *dependencies(job))}
+        if not sources:
+            return
+        wanted = {j.key for job in jobs for j in (job, *dependencies(job))}
         copied: dict[str, int] = {}
         for key in wanted:
-            if sources and not self.store.verify(MODELS, key):
+            if not self.store.verify(MODELS, key):
                 source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
                 if source is not None:
                     copied[str(source.root)] = copied.get(str(source.root), 0) + 1
@@ -106,8 +108,7 @@ def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
     """The stores `spec.reuse` names (an experiment directory or a store root each). A folder that
     is neither is an error with `log=None` (a spec being started), else said and passed over."""
     stores = []
-    for path in spec.reuse:
-        folder = Path(path).expanduser().resolve()
+    for folder in spec.reuse_directories:
         root = folder / "store" if (folder / "store" / "models").is_dir() else folder
         if (root / "models").is_dir():
             stores.append(Store(root))
