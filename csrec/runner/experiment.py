@@ -59,13 +59,12 @@ class Experiment:
         sources = reuse_stores(self.spec, log)
         if not sources:
             return
-        wanted = {j.key for job in jobs for j in (job, *dependencies(job))}
+        wanted = {j.key for job in jobs for j in (job, *dependencies(job))} - set(self.store.keys(MODELS))
         copied: dict[str, int] = {}
-        for key in wanted:
-            if not self.store.verify(MODELS, key):
-                source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
-                if source is not None:
-                    copied[str(source.root)] = copied.get(str(source.root), 0) + 1
+        for key in sorted(wanted):
+            source = next((s for s in sources if self.store.copy_from(s, MODELS, key)), None)
+            if source is not None:
+                copied[str(source.root)] = copied.get(str(source.root), 0) + 1
         for root, count in copied.items():
             log(f"reuse: {count} model(s) copied from {root}")
 

@@ -18,7 +18,7 @@ class LiveView(Callback):
     def __init__(self, experiment, log=print, trials=None):
         self.experiment, self.log, self.trials = experiment, log, trials or []
         self.counts = {}
-        self.best = {m: (s, "in the store") for m, s in best_valid_by_method(experiment.store).items()}
+        self.best = best_valid_by_method(experiment.store)  # method -> best validation score
 
     def __getstate__(self):  # Tune pickles callbacks with its state; the printer is not needed there
         return {k: v for k, v in self.__dict__.items() if k != "log"} | {"log": print}
@@ -41,8 +41,8 @@ class LiveView(Callback):
         ours, score = self._trial(trial), (trial.last_result or {}).get(METRIC)
         if ours is not None and score is not None:
             method = ours.method
-            if score > self.best.get(method, (-1.0, ""))[0]:
-                self.best[method] = (score, ours.label())
+            if score > self.best.get(method, float("-inf")):
+                self.best[method] = score
             self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -57,7 +57,7 @@ class LiveView(Callback):
         if counts == self.counts:
             return
         self.counts = counts
-        best = {m: round(s, 4) for m, (s, _) in self.best.items()}
+        best = {m: round(s, 4) for m, s in self.best.items()}
         self.experiment.progress(trials_done=counts["done"], trials_running=counts["running"],
                                  trials_failed=counts["failed"])
         self.log(f"trials: {counts['done']} done, {counts['running']} running, {counts['failed']} failed; "

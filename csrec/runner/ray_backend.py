@@ -44,7 +44,7 @@ def start_ray(address: str | None = None, log=print) -> None:
     """Join `address` (or RAY_ADDRESS); without either, start Ray in this process."""
     address = address or os.environ.get("RAY_ADDRESS")
     # One checkpoint a trial epoch is the design (resume from the last epoch); Tune's warning about
-    # frequent snapshots, and Optuna's about a finished grid stopping its study, are expected here.
+    # frequent snapshots is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # OptunaSearch's warnings about its own study's bookkeeping are noise here: results live in
@@ -167,7 +167,7 @@ class RayBackend:
         """Hands the stage's points 0..n-1 out once each, in the order of its trial list (seed_trials
         lists reruns seed by seed): every point is enqueued in the study, and Tune asks for exactly n.
         (Optuna's GridSampler, the first design, hands a grid out in a seeded shuffle.) The sampler
-        is never consulted; it is named for a study that is complete."""
+        is never consulted: every point Tune asks for comes from the queue."""
         points = list(range(n))
         return OptunaSearch(space={"point": optuna.distributions.CategoricalDistribution(points)},
                             sampler=optuna.samplers.RandomSampler(seed=0),

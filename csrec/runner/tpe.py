@@ -109,7 +109,7 @@ def run_tpe(cell: tuple, budget: int, experiment, backend, log=print) -> None:
                 batch[point] = ask.number
         trials = {point: trial_of(point) for point in batch}
         experiment.adopt([t.job for t in trials.values()], log)
-        pending = record_stored([t for t in trials.values() if trial_result(store, t) is None], store)
+        pending = record_stored(list(trials.values()), store)
         if pending:
             backend.run_trials(f"tpe-{'-'.join(cell)}-{pending[0].job.key[:8]}", pending, experiment)
         for point, number in batch.items():

@@ -42,12 +42,17 @@ def write_record(trial: Trial, store: Store) -> dict:
 
 
 def record_stored(trials: list[Trial], store: Store) -> list[Trial]:
-    """Write the record of every trial whose model is already in the store (no training, no Tune
-    trial for it); returns the trials still without a record."""
+    """Write the record of every unrecorded trial whose model is already in the store (no training,
+    no Tune trial for it); returns the trials still without a record. Recorded trials cost one check."""
+    pending = []
     for trial in trials:
+        if store.verify(TRIALS, trial.job.key):
+            continue
         if store.verify(MODELS, trial.job.key):
             write_record(trial, store)
-    return [t for t in trials if trial_result(store, t) is None]
+        else:
+            pending.append(trial)
+    return pending
 
 
 def trial_result(store: Store, trial: Trial) -> dict | None:
