@@ -22,8 +22,8 @@ import torch
 
 from csrec.data import DataConfig, load_sequence_data
 from csrec.data.protocols import subsample, train_item_counts
-from csrec.data.samples import Samples, SequenceData
-from csrec.data.splits import test_samples, training_samples, validation_samples
+from csrec.data.samples import Samples, SequenceData, TrainSequences
+from csrec.data.splits import test_samples, training_data, validation_samples
 from csrec.evaluate import evaluate, validator
 from csrec.methods import Job
 from csrec.models import build_model, model_config
@@ -38,7 +38,7 @@ SELECTION_METRIC = "ndcg@10"
 @dataclasses.dataclass(frozen=True)
 class Splits:
     data: SequenceData
-    train: Samples
+    train: Samples | TrainSequences  # the training layout's form (csrec.data.splits.training_data)
     valid: Samples
     test: Samples
 
@@ -53,7 +53,8 @@ def splits_for(job: Job) -> Splits:
     teachers), and the full validation and test samples."""
     data = _load(job.data)
     chosen = subsample(len(data.sequences), job.subsample_ratio, job.subsample_seed) if job.subsample_ratio < 1 else None
-    return Splits(data, training_samples(data, chosen), validation_samples(data), test_samples(data))
+    train = training_data(data, job.train.layout, chosen)
+    return Splits(data, train, validation_samples(data), test_samples(data))
 
 
 def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> torch.nn.Module:

@@ -29,8 +29,6 @@ GRID_PARAMS = {
     "csrec-d": ("beta", "temperature"),
     "csrec-t": ("alpha", "beta", "temperature"),
 }
-# Train-config fields that change how a job runs but not what it computes.
-_RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class Job:
         data["path"] = data_fingerprint(self.data.path)
         if data["user_fraction"] == 1.0:  # the full data: keys as before the sparsity option existed
             del data["user_fraction"], data["user_fraction_seed"]
-        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in _RUNTIME_FIELDS}
+        train = self.train.key_fields
         config = {
             "data": data, "model": self.model, "model_overrides": dict(self.model_overrides),
             "train": train, "objective": self.objective, "params": dict(self.params),

@@ -1,8 +1,10 @@
 """Training objectives: what `fit` minimises for a Base model, a student and CSRec-T's main teacher.
 
-An objective is an nn.Module called as `objective(logits [B, N], batch) -> scalar`. The teachers are
-frozen, so everything of theirs that depends only on the training sample is computed once, before
-training: each teacher's sequence representation of every training sample (`FrozenTeachers`). A
+An objective is an nn.Module called as `objective(logits [B, N], batch) -> scalar`, with one row per
+(prefix, next item) pair in either training layout (csrec.batching). The teachers are frozen, so
+everything of theirs that depends only on the training pair is computed once, before training: each
+teacher's representation of every training pair's input (`FrozenTeachers`; in the `sequence`
+layout from one pass per sequence too). A
 student step then costs the teachers one [B, m*H] x [m*H, N] product instead of m full forward
 passes (the reference code's on-the-fly teachers). Teachers run in eval mode (no dropout), so the
 cached soft labels are exactly what an on-the-fly eval-mode teacher would give.
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from csrec import losses
-from csrec.data.samples import Samples
+from csrec.data.samples import Samples, TrainSequences
 from csrec.models.base import PADDING_SCORE, SequentialRecommender
 from csrec.teachers import NoiseMatrix, ensemble_probs, popularity_logits
 
@@ -27,11 +29,19 @@ class CrossEntropy(nn.Module):
 
 
 @torch.no_grad()
-def encode_samples(model: SequentialRecommender, samples: Samples, batch_size: int = 2048) -> torch.Tensor:
-    """Sequence representation of every sample, in eval mode: [N, H] on the model's device."""
+def encode_samples(model: SequentialRecommender, samples: Samples | TrainSequences,
+                   batch_size: int = 2048) -> torch.Tensor:
+    """The representation of every training pair's input, in eval mode: [N, H] on the model's device,
+    in pair order. Samples are encoded one by one; TrainSequences once per row, every position at once."""
     model.eval()
     device = next(model.parameters()).device
     item_seq = torch.as_tensor(samples.item_seq)
+    if isinstance(samples, TrainSequences):
+        real = torch.as_tensor(samples.targets) > 0  # [R, L]
+        rows = max(1, batch_size // item_seq.size(1))
+        parts = [model.encode_positions(item_seq[i:i + rows].to(device))[real[i:i + rows].to(device)]
+                 for i in range(0, len(item_seq), rows)]
+        return torch.cat(parts)  # [N, H]
     lengths = torch.as_tensor(samples.lengths)
     parts = [
         model.encode(item_seq[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
@@ -44,7 +54,7 @@ class FrozenTeachers(nn.Module):
     """m trained teachers reduced to what a student step needs: cached sample representations and
     item embeddings. `logits(index)` gives each teacher's logits for training samples `index`."""
 
-    def __init__(self, teachers: list[SequentialRecommender], train: Samples):
+    def __init__(self, teachers: list[SequentialRecommender], train: Samples | TrainSequences):
         super().__init__()
         hidden = torch.stack([encode_samples(t, train).cpu() for t in teachers], dim=1)  # [N, m, H]
         items = torch.stack([t.item_embedding.weight.detach().cpu() for t in teachers])  # [m, N_items, H]

@@ -19,17 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from csrec.data.samples import Samples
+from csrec.batching import BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_logits, epoch_generator  # noqa: F401
+from csrec.data.samples import Samples, TrainSequences
 from csrec.errors import CSRecError, NonFiniteLossError
 from csrec.objectives import CrossEntropy
 
+# Train-config fields that change how a job runs but not what it computes (left out of store keys).
+_RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
 # Config fields that change what is computed: a checkpoint written under other values cannot resume.
-_RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed")
+_RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed", "layout", "batch_unit")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 256  # training samples per Adam step
+    batch_size: int = 256  # training targets (prefix, next item pairs) per Adam step; see batch_unit
     learning_rate: float = 1e-3  # Adam step size (paper 4.1.4)
     weight_decay: float = 0.0  # Adam L2 weight decay
     max_epochs: int = 100  # upper bound on epochs
@@ -39,6 +42,17 @@ class TrainConfig:
     eval_batch_size: int = 1024  # users scored at once during evaluation
     num_threads: int | None = None  # torch CPU threads; None leaves the process setting alone
     progress: bool = True  # print one line per epoch
+    layout: str = "prefix"  # "prefix": each prefix encoded on its own (reference) | "sequence": once per sequence
+    batch_unit: str = "targets"  # sequence layout: batch_size counts "targets" or "sequences"
+
+    @property
+    def key_fields(self) -> dict:
+        """The fields that change what is computed, as a store key sees them. The prefix layout is
+        left out, so that keys made before the layouts existed still name the same models."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+        if self.layout == "prefix":
+            del fields["layout"], fields["batch_unit"]
+        return fields
 
     def __post_init__(self):
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
@@ -52,18 +66,15 @@ class TrainConfig:
             raise CSRecError(f"train.seed must be >= 0, got {self.seed}")
         if self.num_threads is not None and self.num_threads < 1:
             raise CSRecError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.layout not in LAYOUTS:
+            raise CSRecError(f"train.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.batch_unit not in BATCH_UNITS:
+            raise CSRecError(f"train.batch_unit must be one of {', '.join(BATCH_UNITS)}, got {self.batch_unit!r}")
+        if self.batch_unit != "targets" and self.layout != "sequence":
+            raise CSRecError("train.batch_unit 'sequences' applies to layout 'sequence' only (a prefix sample "
+                             "is one target); set train.layout: sequence or remove batch_unit")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise CSRecError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What an objective sees besides the logits, as tensors on the training device."""
-
-    index: torch.Tensor  # [B] int64 positions into the training Samples (for cached teachers)
-    item_seq: torch.Tensor  # [B, L] int64
-    lengths: torch.Tensor  # [B] int64
-    targets: torch.Tensor  # [B] int64
 
 
 @dataclass(frozen=True)
@@ -98,16 +109,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The shuffling RNG of one epoch: a function of (seed, epoch) only, so resume needs no state."""
-    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(state)
-
-
-def fit(model: nn.Module, train: Samples, validate: Callable[[nn.Module], float], config: TrainConfig,
+def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[nn.Module], float], config: TrainConfig,
         objective: nn.Module | None = None, checkpoint_path: Path | None = None,
         on_epoch_end: Callable[[EpochRecord], None] | None = None) -> FitResult:
     """Train `model` on `train`, keep the epoch with the highest validate(model), load its weights.
+
+    `train` is the layout's data: Samples for `prefix`, TrainSequences for `sequence` (see
+    csrec.batching and csrec.data.splits.training_data).
 
     Stops after `config.patience` epochs without improvement. After every epoch the full state is
     written atomically to `checkpoint_path`; if that file exists, training resumes from it and ends
@@ -117,6 +125,8 @@ def fit(model: nn.Module, train: Samples, validate: Callable[[nn.Module], float]
     """
     if len(train) == 0:
         raise CSRecError("the training set is empty; check the data filters and the protocol")
+    if isinstance(train, TrainSequences) != (config.layout == "sequence"):
+        raise ValueError(f"train.layout is {config.layout!r} but the training data is {type(train).__name__}")
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -128,7 +138,7 @@ def fit(model: nn.Module, train: Samples, validate: Callable[[nn.Module], float]
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = _resume(checkpoint_path, model, objective, optimizer, config, len(train))
-    data = _to_device(train, device)
+    data = TrainingData(train, device)
     epoch = state.epoch
     while not state.stopped_early and epoch < config.max_epochs:
         epoch += 1
@@ -176,38 +186,27 @@ class _State:
         self.stopped_early = self.epochs_without_improvement >= patience
 
 
-def _train_epoch(model, objective, optimizer, data: dict, config: TrainConfig, epoch: int) -> float:
-    """One pass over the shuffled training set; returns the sample-weighted mean loss."""
+def _train_epoch(model, objective, optimizer, data: TrainingData, config: TrainConfig, epoch: int) -> float:
+    """One pass over the shuffled training set; returns the target-weighted mean loss."""
     model.train()
     objective.train()
-    n = len(data["targets"])
-    order = torch.randperm(n, generator=epoch_generator(config.seed, epoch)).to(data["targets"].device)  # [N]
-    n_batches = (n + config.batch_size - 1) // config.batch_size
     # Losses stay on the device and are checked once per epoch: no host sync per batch. A non-finite
     # batch only spoils weights that are discarded, since the error is raised before the checkpoint.
-    losses = torch.empty(n_batches, device=order.device)  # [n_batches]
-    for b in range(n_batches):
-        index = order[b * config.batch_size:(b + 1) * config.batch_size]  # [B]
-        batch = Batch(index, data["item_seq"][index], data["lengths"][index], data["targets"][index])
-        logits = model(batch.item_seq, batch.lengths)  # [B, n_items + 1]
-        loss = objective(logits, batch) + model.regularization()
+    losses = []
+    for batch in data.batches(config.batch_size, config.batch_unit, config.seed, epoch):
+        loss = objective(batch_logits(model, batch), batch) + model.regularization()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses[b] = loss.detach() * len(index)
+        losses.append(loss.detach() * len(batch.targets))
+    losses = torch.stack(losses)  # [n_batches]
     finite = torch.isfinite(losses)
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0])
         raise NonFiniteLossError(
-            f"the training loss is {float(losses[bad])} at epoch {epoch}, batch {bad + 1} of {n_batches}: "
+            f"the training loss is {float(losses[bad])} at epoch {epoch}, batch {bad + 1} of {len(losses)}: "
             f"lower train.learning_rate (now {config.learning_rate}) or check the data and the objective")
-    return float(losses.sum()) / n
-
-
-def _to_device(train: Samples, device: torch.device) -> dict[str, torch.Tensor]:
-    """The training arrays as tensors on the device, once (a few MB even for Yelp's 250k samples)."""
-    arrays = {"item_seq": train.item_seq, "lengths": train.lengths, "targets": train.targets}
-    return {k: torch.as_tensor(np.asarray(v, dtype=np.int64)).to(device) for k, v in arrays.items()}
+    return float(losses.sum()) / data.n_pairs
 
 
 def trainable_parameters(model: nn.Module, objective: nn.Module) -> list[nn.Parameter]:
@@ -232,8 +231,7 @@ def _save(path: Path, state: _State, model, objective, optimizer, config: TrainC
         "state": {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
         | {"history": [dataclasses.asdict(r) for r in state.history]},
         "config": dataclasses.asdict(config), "n_train": n_train,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "rng": _rng_state(device),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -251,12 +249,13 @@ def _save(path: Path, state: _State, model, objective, optimizer, config: TrainC
 def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int) -> _State:
     """Load a checkpoint written by `_save` into the modules and return the run's state."""
     try:
-        # Our own file; weights_only=False because it holds the python and numpy RNG states.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint in a shared experiment directory must never run code when read.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CSRecError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
     saved = payload["config"]
-    changed = [f"{k}: {saved[k]} -> {getattr(config, k)}" for k in _RESUME_FIELDS if saved[k] != getattr(config, k)]
+    before = {k: saved.get(k, getattr(TrainConfig(), k)) for k in _RESUME_FIELDS}  # older files: defaults
+    changed = [f"{k}: {before[k]} -> {getattr(config, k)}" for k in _RESUME_FIELDS if before[k] != getattr(config, k)]
     if changed or payload["n_train"] != n_train:
         what = ", ".join(changed) or f"training samples: {payload['n_train']} -> {n_train}"
         raise CSRecError(f"the checkpoint {path} was written by another run ({what}); "
@@ -264,12 +263,26 @@ def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_trai
     model.load_state_dict(payload["model"])
     objective.load_state_dict(payload["objective"])
     optimizer.load_state_dict(payload["optimizer"])
-    rng = payload["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"], next(model.parameters()).device)
+    _set_rng_state(payload["rng"], next(model.parameters()).device)
     state = dict(payload["state"])
     state["history"] = [EpochRecord(**r) for r in state["history"]]
     return _State(**state)
+
+
+def _rng_state(device: torch.device) -> dict:
+    """Every RNG's state in types that torch.load(weights_only=True) reads (tensors, tuples, numbers)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(rng: dict, device: torch.device) -> None:
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"], device)

@@ -16,8 +16,8 @@ import pandas as pd
 from csrec.data.loaders import LOADERS, load_interactions
 from csrec.data.protocols import (item_id_map, kcore_filter, subsample, train_item_counts, user_loo,
                                   window_bounds, windows)
-from csrec.data.samples import Samples, SequenceData
-from csrec.data.splits import test_samples, training_samples, validation_samples
+from csrec.data.samples import Samples, SequenceData, TrainSequences
+from csrec.data.splits import test_samples, training_data, training_samples, training_sequences, validation_samples
 from csrec.errors import CSRecError
 
 PROTOCOLS = ("windows", "user_loo")
@@ -109,4 +109,4 @@ def _factorize(users) -> tuple[np.ndarray, np.ndarray]:
 
 __all__ = ["DataConfig", "PROTOCOLS", "LOADERS", "load_interactions", "load_sequence_data", "kcore_filter",
            "item_id_map", "window_bounds", "windows", "user_loo", "subsample", "train_item_counts",
-           "Samples", "SequenceData", "training_samples", "validation_samples", "test_samples"]
+           "Samples", "SequenceData", "TrainSequences", "training_data", "training_samples", "training_sequences", "validation_samples", "test_samples"]

@@ -39,3 +39,28 @@ class Samples:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+@dataclass(frozen=True)
+class TrainSequences:
+    """Training data of the `sequence` layout: each row is encoded once, and the prefix that ends at
+    each real position t (items 0..t of the row) has the next item targets[r, t] as its target.
+
+    Pairs are numbered row by row, position by position (`pair_index`), which is the order of the
+    `prefix` layout's Samples over the same sequences: pair k here is sample k there.
+    """
+
+    item_seq: np.ndarray  # [R, L] int64 right-padded inputs
+    lengths: np.ndarray  # [R] int64 >= 1: real inputs of each row, each with a target
+    targets: np.ndarray  # [R, L] int64 next item after each position, in 1..n_items; 0 on padding
+    sequence_index: np.ndarray  # [R] int64, the sequence each row comes from
+
+    def __len__(self) -> int:
+        """The number of (prefix, next item) pairs: what a batch size counts."""
+        return int(self.lengths.sum())
+
+    @property
+    def pair_index(self) -> np.ndarray:
+        """[R, L] int64: the number of each pair (0..len-1, row by row), -1 on padding."""
+        real = self.targets > 0  # [R, L]
+        return np.where(real, np.cumsum(real.ravel()).reshape(real.shape) - 1, -1)

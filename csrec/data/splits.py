@@ -6,13 +6,20 @@ For a sequence seq: train part seq[:-2], validation target seq[-2], test target 
   - test:       input seq[:-1], target seq[-1].
 Inputs keep their last `max_len` items and are right-padded with 0 (real items first). Everything is
 vectorised over one flat array of all items, so Yelp's ~316k interactions take a fraction of a second.
+
+The `sequence` layout (`training_sequences`) holds the same (prefix, next item) pairs as rows that
+are encoded once each: a train part's inputs train[0 .. len(train) - 2], cut into rows of max_len.
+Every prefix of up to max_len items is then exactly the `prefix` layout's input. A longer prefix
+(only under `user_loo`, in histories longer than max_len + 2) starts at its row's first item, not
+max_len items back: its context is between 1 and max_len items where the `prefix` layout's is
+max_len (as in SASRec's, S3Rec's and ELECRec's own training, which keep only the last max_len).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from csrec.data.samples import Samples, SequenceData
+from csrec.data.samples import Samples, SequenceData, TrainSequences
 
 
 def training_samples(data: SequenceData, sequence_indices: np.ndarray | None = None) -> Samples:
@@ -25,6 +32,35 @@ def training_samples(data: SequenceData, sequence_indices: np.ndarray | None = N
     first_target = np.cumsum(per_sequence) - per_sequence  # [S'] index of each sequence's first sample
     t = np.arange(per_sequence.sum()) - np.repeat(first_target, per_sequence) + 1  # [N] 1-based prefix length
     return _samples(flat, ratings, offsets, sequence, offsets[sequence] + t, data.max_len)
+
+
+def training_sequences(data: SequenceData, sequence_indices: np.ndarray | None = None) -> TrainSequences:
+    """The pairs of `training_samples`, as rows of at most max_len inputs each (see the module's docstring)."""
+    flat, offsets, _ = _flatten(data)
+    chosen = np.arange(len(data.sequences)) if sequence_indices is None else np.asarray(sequence_indices, np.int64)
+    n_targets = np.maximum(offsets[chosen + 1] - offsets[chosen] - 3, 0)  # [S'] pairs per sequence
+    width = data.max_len
+    rows_per_sequence = -(-n_targets // width)  # [S'] ceil
+    sequence = np.repeat(chosen, rows_per_sequence)  # [R]
+    first_row = np.cumsum(rows_per_sequence) - rows_per_sequence  # [S']
+    chunk = np.arange(rows_per_sequence.sum()) - np.repeat(first_row, rows_per_sequence)  # [R] row within its sequence
+    lengths = np.minimum(np.repeat(n_targets, rows_per_sequence) - chunk * width, width)  # [R]
+    start = offsets[sequence] + chunk * width  # [R] flat index of each row's first input
+    column = np.arange(width)  # [L]
+    real = column[None, :] < lengths[:, None]  # [R, L]
+    padded = np.append(flat, 0)  # padded[len(flat)] is the padding id 0
+    inputs = np.where(real, start[:, None] + column[None, :], len(flat))  # [R, L]
+    item_seq = padded[inputs]
+    targets = padded[np.where(real, inputs + 1, len(flat))]
+    return TrainSequences(item_seq=item_seq.astype(np.int64), lengths=lengths.astype(np.int64),
+                          targets=targets.astype(np.int64), sequence_index=sequence.astype(np.int64))
+
+
+def training_data(data: SequenceData, layout: str, sequence_indices: np.ndarray | None = None
+                  ) -> Samples | TrainSequences:
+    """The training pairs in a layout's form: Samples for "prefix", TrainSequences for "sequence"."""
+    build = training_sequences if layout == "sequence" else training_samples
+    return build(data, sequence_indices)
 
 
 def validation_samples(data: SequenceData) -> Samples:

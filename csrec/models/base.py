@@ -2,6 +2,10 @@
 
 Item ids run 1..n_items; id 0 is padding. Sequences are right-padded: the real items of a row
 sit at positions 0..length-1 and padding follows, so the representation is read at length-1.
+
+Every model is causal: its representation at position t depends on positions 0..t only. So one
+pass over a sequence gives the representation of every prefix (`encode_positions`, [B, L, H]),
+which the `sequence` training layout uses; `encode` reads one position per row ([B, H]).
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
 
     @abc.abstractmethod
+    def encode_positions(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """item_seq [B, L] int64 right-padded -> the representation after each prefix [B, L, H]:
+        position t equals `encode` of the row cut to its first t + 1 items (t + 1 <= length)."""
+
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """item_seq [B, L] int64 right-padded, lengths [B] int64 >= 1 -> sequence representation [B, H]."""
+        return gather_last(self.encode_positions(item_seq), lengths)  # [B, H]
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, H] -> logits [B, n_items + 1] over the full catalogue; column 0 is padding."""

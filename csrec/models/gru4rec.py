@@ -59,7 +59,11 @@ class GRU4Rec(SequentialRecommender):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()  # padding row stays 0 (padding_idx gives it no gradient)
 
+    def encode_positions(self, item_seq: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(self.embedding_dropout(self.item_embedding(item_seq)))  # [B, L, hidden]
+        return self.dense(states)  # [B, L, E]
+
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.embedding_dropout(self.item_embedding(item_seq))  # [B, L, E]
         states, _ = self.gru(x)  # [B, L, hidden]
-        return self.dense(gather_last(states, lengths))  # [B, E]
+        return self.dense(gather_last(states, lengths))  # [B, E]: the dense layer on one position only

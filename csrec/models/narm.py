@@ -6,6 +6,10 @@ attention, no softmax) and c_local = sum_j alpha_tj h_j. The concatenation [c_lo
 through dropout and NARM's bilinear decoder matrix B, which RecBole (and we) apply as a linear
 projection to the embedding size, so that scores are tied to the item embedding.
 CSRec paper 4.1.4: hidden 128, 1 layer, dropouts 0.25 (embedding) and 0.5 (context).
+
+Every prefix at once (`encode_positions`): the prefix that ends at t has h_t as its global
+representation and attends over h_0..h_t, so the attention becomes a [L, L] causal one, masked to
+j <= t, in a single pass (O(L^2 H) per row, as the L prefixes cost when each is encoded alone).
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ class NARM(SequentialRecommender):
             nn.init.xavier_normal_(weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()  # padding row stays 0 (padding_idx gives it no gradient)
+
+    def encode_positions(self, item_seq: torch.Tensor) -> torch.Tensor:
+        x = self.embedding_dropout(self.item_embedding(item_seq))  # [B, L, E]
+        states, _ = self.gru(x)  # [B, L, H]  h_t is c_global of the prefix ending at t
+        length = item_seq.size(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()  # [t, j]: j <= t
+        keys, queries = self.a1(states), self.a2(states)  # [B, L, H] each
+        alpha = self.v(torch.sigmoid(keys.unsqueeze(1) + queries.unsqueeze(2))).squeeze(3) * causal  # [B, t, j]
+        local = torch.bmm(alpha, states)  # [B, L, H]  c_local of every prefix
+        return self.b(self.context_dropout(torch.cat([local, states], dim=2)))  # [B, L, E]
 
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.embedding_dropout(self.item_embedding(item_seq))  # [B, L, E]

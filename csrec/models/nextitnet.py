@@ -107,7 +107,7 @@ class NextItNet(SequentialRecommender):
 
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         h = gather_last(self.residual_blocks(self.item_embedding(item_seq)), lengths)  # [B, C]
-        return self.final_layer(h)  # [B, E]
+        return self.final_layer(h)  # [B, E]: the dense layer on one position only
 
     def regularization(self) -> torch.Tensor | float:
         """RecBole's NextItNet penalty: reg_weight * (sum of the L2 norms, not squared, of the item

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csrec.errors import CSRecError
-from csrec.models.base import SequentialRecommender, gather_last
+from csrec.models.base import SequentialRecommender
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,3 @@ class SASRec(SequentialRecommender):
         for layer in self.layers:
             x = layer(x)  # [B, L, H]
         return x
-
-    def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return gather_last(self.encode_positions(item_seq), lengths)  # [B, H]
