@@ -94,7 +94,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     started = time.time()
     device = resolve_device(job.train.device)
     splits = splits_for(job)
-    seed_everything(job.seed)
+    seed_everything(job.stream_seed)  # initial weights and dropout: the job's role's stream (csrec.methods)
     model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides)).to(device)
     objective = build_objective(job, splits, store, device).to(device)
     exclude = job.data.resolved_exclude_history
@@ -102,7 +102,8 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size)
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    fitted = fit(model, splits.train, validate, job.train, objective, checkpoint, on_epoch_end)
+    train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
+    fitted = fit(model, splits.train, validate, train, objective, checkpoint, on_epoch_end)
     _store_model(job, store, model, splits, fitted, exclude, started)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)

@@ -5,6 +5,15 @@ models it learns from (`teachers`), and its key is the hash of its resolved conf
 appears by its own key. So a teacher is one artifact whichever student needs it: CSRec-M's teachers
 are Base models with other seeds (the Base runs of those seeds), CSRec-T's side teacher is CSRec-D's
 first data-level teacher, and every point of a student grid shares the same teachers.
+
+Seed streams. A job's random streams (initial weights, dropout, batch order) come from its role
+and its seed (`Job.stream_seed`), so that no student shares any of them with one of its teachers:
+- role "model" (Base runs, and the CSRec-M/-D teachers and CSRec-T side teacher made of them):
+  the seed itself, so a Base run of seed k is still CSRec-M's k-th teacher, by key;
+- role "student" (every soft-label student) and role "main-teacher" (CSRec-T's g1): a seed drawn
+  from numpy's SeedSequence([seed, role code]), and the role in the job's key.
+So the seed-s student of every method starts from the same weights and batch order (paired runs
+across methods), which no teacher of any seed has, and CSRec-T's g1 and g2 start apart.
 """
 
 from __future__ import annotations
@@ -15,11 +24,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from csrec.config import METHOD_NAMES, TeacherSettings
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
 from csrec.store import config_key
 from csrec.train import TrainConfig
+
+# Roles whose seeds are drawn from (seed, code); the role "model" keeps its seed (module docstring).
+SEED_STREAM_CODES = {"student": 1, "main-teacher": 2}
 
 # What each method's student grid varies (paper 4.1.4); alpha weighs CSRec-T's teacher loss (Eq. 12).
 GRID_PARAMS = {
@@ -51,6 +65,16 @@ class Job:
     def seed(self) -> int:
         return self.train.seed
 
+    @property
+    def role(self) -> str:
+        """Which seed stream the job draws from: "model", "student" or "main-teacher"."""
+        return {"ce": "model", "training-level": "main-teacher"}.get(self.objective, "student")
+
+    @property
+    def stream_seed(self) -> int:
+        """The seed of the job's initial weights, dropout and batch order (module docstring)."""
+        return stream_seed(self.role, self.seed)
+
     def param(self, name: str) -> float:
         return dict(self.params)[name]
 
@@ -69,6 +93,8 @@ class Job:
             "train": train, "objective": self.objective, "params": dict(self.params),
             "options": dict(self.options), "teachers": [t.key for t in self.teachers],
         }
+        if self.role != "model":
+            config["seed_stream"] = self.role
         if self.subsample_ratio < 1.0:
             config["subsample"] = {"ratio": self.subsample_ratio, "seed": self.subsample_seed}
         return config
@@ -80,7 +106,17 @@ class Job:
     def describe(self) -> str:
         params = ", ".join(f"{k}={v:g}" for k, v in self.params)
         sub = f", p={self.subsample_ratio:g}" if self.subsample_ratio < 1 else ""
-        return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}"
+        layout = ", sequence layout" if self.train.layout == "sequence" else ""
+        return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}{layout}"
+
+
+def stream_seed(role: str, seed: int) -> int:
+    """The seed of `role`'s streams at `seed`: the seed itself for "model", else one drawn from
+    SeedSequence([seed, code]) (31 bits: numpy's legacy seeding takes < 2**32), the same on every
+    machine and numpy version."""
+    if role == "model":
+        return seed
+    return int(np.random.SeedSequence([seed, SEED_STREAM_CODES[role]]).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
 @lru_cache(maxsize=None)
@@ -141,6 +177,7 @@ def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: Tea
     side = data_level[0]  # Alg. 3: side teacher g2 pretrained with CE on a p-subsample
     options = (("noise_parametrization", settings.noise_parametrization), ("noise_term", settings.noise_term))
     # Fixed seed, like the other methods' teachers: the student's seed reruns share one teacher module.
+    # Its role gives it streams apart from the side teacher's, which has the same seed.
     main = dataclasses.replace(base, train=with_seed(0), objective="training-level",
                                params=(("alpha", params["alpha"]),), options=options, teachers=(side,))
     return (main,)

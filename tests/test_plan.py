@@ -89,3 +89,35 @@ def test_base_and_csrec_m_over_the_same_seeds_share_models(tmp_path):
     spec_path.write_text(yaml.safe_dump(raw))
     plan = make_plan(load_spec(spec_path))
     assert len(plan.teachers) == 2  # two models serve as both Base runs and CSRec-M's teachers
+
+
+def _initial_weights(job, n_items=20, max_len=5):
+    from csrec.models import build_model
+    from csrec.train import seed_everything
+    seed_everything(job.stream_seed)
+    return build_model(job.model, n_items, max_len).state_dict()
+
+
+def test_no_student_shares_initial_weights_or_streams_with_its_teachers():
+    import torch
+    spec = load_spec(SMOKE)
+    plan = make_plan(spec)
+    students = [t.job for t in plan.trials if t.method != "base"]
+    assert {t.method for t in plan.trials} == {"base", "softrec", "csrec-m", "csrec-d", "csrec-t"}
+    for student in students:
+        weights = _initial_weights(student)
+        for teacher in dependencies(student):
+            assert teacher.stream_seed != student.stream_seed, (student.describe(), teacher.describe())
+            other = _initial_weights(teacher)
+            assert not torch.equal(weights["item_embedding.weight"], other["item_embedding.weight"]), \
+                (student.describe(), teacher.describe())
+    csrec_t = next(j for j in students if j.objective == "csrec-t")
+    (main,) = csrec_t.teachers
+    (side,) = main.teachers
+    assert main.stream_seed != side.stream_seed and main.seed == side.seed == 0
+    # CSRec-M's teachers are still the Base runs of seeds 0..m-1, by key (the store's sharing stays).
+    csrec_m = next(j for j in students if j.objective == "csrec-m")
+    base_keys = {t.job.seed: t.job.key for t in plan.trials if t.method == "base"}
+    assert [t.key for t in csrec_m.teachers] == [base_keys[k] for k in range(spec.teachers.m)]
+    # Every method's student of one seed starts alike: seed reruns are the same kind of run.
+    assert len({j.stream_seed for j in students}) == 1
