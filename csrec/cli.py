@@ -17,16 +17,23 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     from csrec.config import METHOD_NAMES
     from csrec.models import MODELS
 
-    p.add_argument("--data", required=True, help="interaction file: .inter (RecBole), .txt (S3Rec), .csv (CSRec)")
+    p.add_argument("--data", required=True,
+                   help="a registered data set's name (`launch.py data list`: its file, checked, and its paper "
+                        "protocol for the options below left out) or an interaction file: .inter (RecBole), "
+                        ".txt (S3Rec), .csv (CSRec)")
     p.add_argument("--format", choices=["inter", "txt", "csv"], help="file format (default: from the suffix)")
     p.add_argument("--model", required=True, help=f"student model: {', '.join(MODELS)}")
     p.add_argument("--out", required=True, help="folder for config.json, metrics.json, per_user.parquet")
     d = p.add_argument_group("data protocol")
-    d.add_argument("--protocol", default="windows", choices=["windows", "user_loo"],
-                   help="windows: histories cut into max_len sequences (paper); user_loo: one per user")
-    d.add_argument("--max-len", type=int, default=20, help="sequence length (paper: 20 Last.FM, 10 others)")
-    d.add_argument("--overlap-head", action="store_true",
-                   help="cut windows as the reference code does (head window overlaps the next)")
+    d.add_argument("--protocol", choices=["windows", "user_loo"],
+                   help="windows: histories cut into max_len sequences (paper; the default); user_loo: one per user")
+    d.add_argument("--max-len", type=int,
+                   help="sequence length (paper: 20 Last.FM, 10 others; default: a named data set's, else 20)")
+    d.add_argument("--overlap-head", dest="overlap_head", action="store_true", default=None,
+                   help="cut windows as the reference code does (head window overlaps the next; "
+                        "default: a named data set's, else off)")
+    d.add_argument("--no-overlap-head", dest="overlap_head", action="store_false",
+                   help="cut windows without the overlapping head window, also for a named data set")
     d.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None,
                    help="mask items already in the input before ranking (default: on for windows)")
     d.add_argument("--no-exclude-history", dest="exclude_history", action="store_false",
@@ -75,11 +82,8 @@ def _run_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise CSRecError(f"--out {out} exists and is not empty; choose a new folder or remove it")
-    data = DataConfig(path=args.data, format=args.format, protocol=args.protocol, max_len=args.max_len,
-                      overlap_head=args.overlap_head, user_min_count=args.user_min_count,
+    data = DataConfig(**_train_data(args), format=args.format, user_min_count=args.user_min_count,
                       item_min_count=args.item_min_count, exclude_history=args.exclude_history)
-    if not Path(args.data).is_file():
-        raise CSRecError(f"--data {args.data}: no such file")
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
                         patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads)
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
@@ -98,6 +102,24 @@ def _run_train(args: argparse.Namespace) -> int:
     _write_out(out, job, store, result, vars(args))
     _print_metrics(result)
     return 0
+
+
+def _train_data(args: argparse.Namespace) -> dict:
+    """--data as a file, or a registered name: its checked file, its paper protocol for the
+    protocol options not given (csrec.datasets)."""
+    from csrec import datasets
+
+    given = {k: v for k in ("protocol", "max_len", "overlap_head") if (v := getattr(args, k)) is not None}
+    if args.data not in datasets.REGISTRY:
+        if not Path(args.data).is_file():
+            also = " and not a registered data set (`launch.py data list`)" if datasets.looks_like_name(args.data) else ""
+            raise CSRecError(f"--data {args.data}: no such file{also}")
+        return given | {"path": args.data}
+    try:
+        path = datasets.resolve(args.data)
+    except CSRecError as error:
+        raise CSRecError(f"--data {args.data}: {error}") from None
+    return datasets.protocol_settings(datasets.REGISTRY[args.data], given) | given | {"path": str(path)}
 
 
 def _write_out(out: Path, job, store, result: dict, arguments: dict) -> None:
@@ -215,6 +237,33 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                               help="list: every registered data set; fetch NAME...: download; path NAME: its file")
+    actions.add_parser("list", help="every name: present or not (sha256 checked), size, source, protocol, terms")
+    fetch = actions.add_parser("fetch", help="download into the cache ($CSREC_DATA, else ~/.cache/csrec), checked")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="registered data sets (with their attribute files)")
+    path = actions.add_parser("path", help="print the file a name resolves to (shipped, cached, else downloaded)")
+    path.add_argument("name", help="a registered data set")
+    path.add_argument("--attributes", action="store_true", help="the item attribute file instead of the interactions")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from csrec import datasets
+
+    if args.action == "list":
+        print(f"cache: {datasets.cache_dir()} (set CSREC_DATA to use another folder)")
+        for record in datasets.REGISTRY.values():
+            print("\n".join(datasets.describe(record)))
+    elif args.action == "fetch":
+        for name in dict.fromkeys(args.names):
+            for path in datasets.fetch(name):
+                print(f"{name}: {path}")
+    else:
+        print(datasets.resolve(args.name, attributes=args.attributes))
+    return 0
+
+
 def _run_teachers(args: argparse.Namespace) -> int:
     from csrec.runner.teacher_quality import teacher_quality, to_markdown
 
@@ -233,4 +282,5 @@ COMMANDS = {
     "table": (_add_table, _run_table, "Table 2-style comparison with paired significance markers"),
     "teachers": (_add_directory, _run_teachers, "each soft-label student's teacher module as a recommender, next to the student"),
     "report": (_add_report, _run_report, "Markdown/HTML report: tables, popular/niche and input-length plots, plan, failures"),
+    "data": (_add_data, _run_data, "data sets by name: list them, fetch them (checked against sha256), print a file's path"),
 }

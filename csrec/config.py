@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from csrec import datasets
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
 from csrec.train import TrainConfig
@@ -188,7 +189,7 @@ class ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and check an experiment YAML; data paths are resolved against the spec's folder."""
+    """Read and check an experiment YAML; each data set's `path` becomes an absolute file path."""
     path = Path(path)
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
@@ -199,17 +200,35 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):
-                data_path = Path(data["path"]).expanduser()
-                if not data_path.is_absolute():
-                    data_path = (path.parent / data_path).resolve()
-                if not data_path.is_file():
-                    raise CSRecError(f"{path}: datasets.{name}.path: no file at {data_path}; fix the path")
-                data["path"] = str(data_path)
+                raw["datasets"][name] = _resolve_data(data, path.parent, f"{path}: datasets.{name}.path")
     return load_dataclass(ExperimentSpec, raw, str(path))
 
 
+def _resolve_data(data: dict, folder: Path, where: str) -> dict:
+    """`path` names a registered data set (csrec.datasets: shipped, cached or downloaded, checked;
+    its paper settings fill the keys the entry leaves out) or a file, relative to the spec's folder."""
+    value = data["path"]
+    if value in datasets.REGISTRY:
+        try:
+            resolved = datasets.resolve(value)
+        except CSRecError as error:
+            raise CSRecError(f"{where}: {error}") from None
+        return datasets.protocol_settings(datasets.REGISTRY[value], data) | data | {"path": str(resolved)}
+    data_path = Path(value).expanduser()
+    if not data_path.is_absolute():
+        data_path = (folder / data_path).resolve()
+    if not data_path.is_file():
+        also = (f" and '{value}' is not a registered data set ({', '.join(datasets.REGISTRY)})"
+                if datasets.looks_like_name(value) else "")
+        raise CSRecError(f"{where}: no file at {data_path}{also}; fix the path")
+    return data | {"path": str(data_path)}
+
+
 def spec_to_yaml(spec: ExperimentSpec) -> str:
-    """The resolved spec (absolute data paths and storage) as YAML that `load_spec` reads back."""
+    """The resolved spec (absolute data paths and storage) as YAML that `load_spec` reads back.
+
+    A data set named in the spec is written as its resolved file with every setting spelled out, so
+    a resume reads the same file and needs neither the registry nor the network."""
 
     def plain(value):
         if isinstance(value, (tuple, list)):

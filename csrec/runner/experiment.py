@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
+from csrec.datasets import check_unchanged
 from csrec.errors import CSRecError
 from csrec.jobs import MODELS
 from csrec.methods import Job, dependencies
@@ -82,6 +83,8 @@ class Experiment:
                     f"storage: {directory} holds the experiment of another spec ({known.get('spec')}); "
                     "give this spec its own storage directory, or resume that one"
                 )
+            if (directory / "plan.json").is_file():  # the data files it started with, by content
+                check_unchanged(json.loads((directory / "plan.json").read_text()).get("datasets", {}), spec.datasets)
         elif directory.exists() and any(directory.iterdir()):
             raise CSRecError(f"storage: {directory} exists and is not an experiment directory; choose another")
         else:  # a new experiment: a `reuse` entry that names nothing is a mistake in the spec

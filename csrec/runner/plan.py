@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from csrec.config import ExperimentSpec
+from csrec.datasets import data_checksums
 from csrec.methods import GRID_PARAMS, Job, base_job, dependencies, student_job
 
 SELECTION_METRIC = "ndcg@10"
@@ -118,5 +119,6 @@ def tpe_teachers(spec: ExperimentSpec, cell: tuple[str, str, str]) -> list[Job]:
 def to_json(plan: Plan) -> str:
     rows = [t.record() | {"job": t.job.describe()} for t in plan.trials]
     teachers = [{"key": j.key, "job": j.describe()} for j in plan.teachers]
-    return json.dumps({"summary": plan.summary(), "teachers": teachers, "trials": rows,
+    return json.dumps({"summary": plan.summary(), "datasets": data_checksums(plan.spec.datasets),
+                       "teachers": teachers, "trials": rows,
                        "tpe_cells": [list(c) + [b] for c, b in plan.tpe_cells.items()]}, indent=2)
