@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 
 from csrec.models import build_model
-from csrec.train import Batch, trainable_parameters
+from csrec.batching import TrainingData, batch_logits
+from csrec.train import trainable_parameters
 
 
 def step_parser(description: str, batch_size: int, steps: int) -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def step_parser(description: str, batch_size: int, steps: int) -> argparse.Argum
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layout", default="prefix", choices=["prefix", "sequence"], help="training layout")
     return parser
 
 
@@ -32,20 +34,27 @@ def model_maker(name: str, data) -> Callable[[int], torch.nn.Module]:
     return make
 
 
-def run_steps(model, objective, samples, batch_size: int, steps: int) -> float:
-    """Seconds per training step of `model` under `objective` over the first `steps` batches."""
+def run_steps(model, objective, train, batch_size: int, steps: int, device: str = "cpu") -> float:
+    """Seconds per training step of `model` under `objective` over the first `steps` batches of
+    `fit`'s own batching for the layout of `train` (Samples: prefix; TrainSequences: sequence),
+    after two warm-up steps, on `device` (CUDA work is waited for before the clock reads)."""
+    device = torch.device(device)
+    model, objective = model.to(device), objective.to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model, objective), lr=1e-3)  # as `fit`
-    item_seq, lengths, targets = (torch.as_tensor(x) for x in (samples.item_seq, samples.lengths, samples.targets))
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
+    stream = TrainingData(train, device).batches(batch_size, "targets", seed=0, epoch=1)
+    batches = [next(stream) for _ in range(steps + 2)]  # cut before the clock starts
     model.train()
-    start = time.perf_counter()
-    for step in range(steps):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        batch = Batch(index, item_seq[index], lengths[index], targets[index])
+    for index, batch in enumerate(batches):
+        if index == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = objective(model(batch.item_seq, batch.lengths), batch) + model.regularization()
+        loss = objective(batch_logits(model, batch), batch) + model.regularization()
         loss.backward()
         optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps
 
 

@@ -1,6 +1,6 @@
 """Cost of a soft-label student step against a Base step, on Last.FM (issue: at most 1.15x with m = 2).
 
-    python benchmarks/student_cost.py [--model gru4rec] [--threads 1] [--steps 60] [--repeats 3]
+    python benchmarks/student_cost.py [--model gru4rec] [--layout prefix|sequence] [--threads 1] [--steps 60] [--repeats 3]
 
 Three ways of training the same student, timed in the same run, interleaved `repeats` times:
   base       plain cross entropy (Base);
@@ -24,7 +24,8 @@ from torch import nn
 
 from csrec import losses
 from csrec.data import DataConfig, load_sequence_data
-from csrec.data.splits import training_samples
+from csrec.batching import batch_logits
+from csrec.data.splits import training_data
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm.csv"
@@ -40,7 +41,7 @@ class OnTheFlyTeachers(nn.Module):
 
     def forward(self, logits, batch):
         with torch.no_grad():
-            z = torch.stack([t(batch.item_seq, batch.lengths) for t in self.teachers])  # [m, B, N]
+            z = torch.stack([batch_logits(t, batch) for t in self.teachers])  # [m, B, N]
             probs = losses.tempered_softmax(z.mean(0), self.temperature)
         soft = losses.soft_label(probs, batch.targets)
         return losses.student_loss(logits, batch.targets, soft, self.beta)
@@ -50,7 +51,7 @@ def main() -> None:
     args = step_parser(__doc__, batch_size=256, steps=60).parse_args()
     torch.set_num_threads(args.threads)
     data = load_sequence_data(DataConfig(path=str(DATA), max_len=20, overlap_head=True))
-    samples = training_samples(data)
+    samples = training_data(data, args.layout)
     make = model_maker(args.model, data)
     teachers = [make(1).eval(), make(2).eval()]
     start = time.perf_counter()
@@ -63,7 +64,7 @@ def main() -> None:
     }
     best = best_step_times(objectives, make, samples, args)
     steps_per_epoch = len(samples) // args.batch_size
-    print(f"{args.model}, Last.FM ({len(samples)} samples, {data.n_items} items), batch {args.batch_size}, "
+    print(f"{args.model}, Last.FM, {args.layout} layout ({len(samples)} targets, {data.n_items} items), batch {args.batch_size}, "
           f"{args.threads} thread(s), best of {args.repeats} x {args.steps} steps")
     print("| training | ms per step | ratio to Base |")
     print("|---|---|---|")
