@@ -43,7 +43,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=100, help="most epochs")
     t.add_argument("--patience", type=int, default=10, help="epochs without better validation NDCG@10 before stopping")
-    t.add_argument("--batch-size", type=int, default=256, help="training samples per Adam step")
+    t.add_argument("--batch-size", type=int, default=256, help="training targets per Adam step (see --batch-unit)")
+    t.add_argument("--layout", default="prefix", choices=["prefix", "sequence"],
+                   help="prefix: each prefix encoded on its own (reference code); sequence: every prefix of a "
+                        "sequence from one pass (same pairs, a fraction of the encoder work)")
+    t.add_argument("--batch-unit", default="targets", choices=["targets", "sequences"],
+                   help="sequence layout: --batch-size counts targets (default) or whole sequences")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the shuffling")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -85,7 +90,8 @@ def _run_train(args: argparse.Namespace) -> int:
     data = DataConfig(**_train_data(args), format=args.format, user_min_count=args.user_min_count,
                       item_min_count=args.item_min_count, exclude_history=args.exclude_history)
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
-                        patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads)
+                        patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads,
+                        layout=args.layout, batch_unit=args.batch_unit)
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
                                kl_direction=args.kl_direction, noise_term=args.noise_term,
                                noise_parametrization=args.noise_parametrization)
