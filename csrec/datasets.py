@@ -205,6 +205,7 @@ def download(source: Source, folder: Path, log: Callable[[str], None] | None = N
         progress.done(target)
         return target
     finally:
+        progress.end_bar()
         partial.unlink(missing_ok=True)
 
 
@@ -238,19 +239,25 @@ class Progress:
 
     def __init__(self, source: Source, log: Callable[[str], None] | None):
         self.source, self.log = source, log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.bar = sys.stderr.isatty() and log is None
+        self.bar, self.drawn = sys.stderr.isatty() and log is None, False
         self.log(f"downloading {source.file} ({source.size / 1e6:.1f} MB) from {source.url}")
 
     def update(self, done: int, total: int) -> None:
         if self.bar:
+            self.drawn = True
             total = total or self.source.size
             filled = min(30, 30 * done // max(total, 1))
             print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done / 1e6:5.1f} / {total / 1e6:.1f} MB",
                   end="", file=sys.stderr, flush=True)
 
+    def end_bar(self) -> None:
+        """Close the bar's line, so that what follows (the result or an error) starts on its own."""
+        if self.drawn:
+            print(file=sys.stderr, flush=True)
+            self.drawn = False
+
     def done(self, target: Path) -> None:
-        if self.bar:
-            print(file=sys.stderr)
+        self.end_bar()
         self.log(f"{self.source.file}: sha256 checked, saved as {target}")
 
 
