@@ -1,13 +1,16 @@
 """Analysis of an experiment directory: reads result files only (never torch or Ray).
 
 collect (every finished trial as a tidy table; what is missing), select (best configuration per
-cell on validation), significance (paired tests on per-user test metrics), tables (Table 2 / 3).
+cell on validation), significance (paired tests on per-user test metrics, and the table's markers),
+seed_tests (seed-aware tests: two-level bootstrap over seeds and users, t-test over per-seed means),
+tables (Table 2 / 3).
 groups (popular/niche users, input length, a setting across experiments), plots (Fig. 3-7 as PNG),
 report (one Markdown/HTML report of an experiment or of a study across experiments).
 """
 
-from analysis.collect import Collection, Selected, cell_numbers, collect, select
-from analysis.significance import comparisons, effect_size, holm, marker, paired_test, per_user_metric
+from analysis.collect import Collection, Selected, cell_numbers, collect, per_user_metric, select
+from analysis.seed_tests import seed_ttest, two_level_bootstrap
+from analysis.significance import comparisons, effect_size, holm, marker, paired_test
 from analysis.tables import ComparisonTable, build_table, comparison_table, to_csv, to_latex, to_markdown
 from analysis.groups import by_input_length, group_metrics, length_bins, popular_items, setting_study, user_groups
 from analysis.plots import plot_by_length, plot_groups, plot_noise_term, plot_setting
@@ -16,6 +19,7 @@ from analysis.report import markdown_to_html, write_report, write_study_report
 __all__ = [
     "Collection", "ComparisonTable", "Selected", "build_table", "cell_numbers", "collect", "comparison_table",
     "comparisons", "effect_size", "holm", "marker", "paired_test", "per_user_metric", "select",
+    "seed_ttest", "two_level_bootstrap",
     "to_csv", "to_latex", "to_markdown",
     "by_input_length", "group_metrics", "length_bins", "popular_items", "setting_study", "user_groups",
     "plot_by_length", "plot_groups", "plot_noise_term", "plot_setting",

@@ -12,13 +12,14 @@ hyperparameters ("beta=0.5 temperature=3.0"; Base has none and is "default").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from csrec.errors import CSRecError
+from csrec.metrics import TIES, metric_values, parse_metric
 from csrec.store import artifact_problem
 
 TRIALS = Path("store") / "trials"
@@ -31,6 +32,30 @@ def config_label(params: dict) -> str:
     """A configuration's name: its non-null hyperparameters in name order, exactly (repr of floats)."""
     items = [(k, v) for k, v in sorted(params.items()) if v is not None]
     return " ".join(f"{k}={float(v)!r}" for k, v in items) if items else "default"
+
+
+RATING_THRESHOLD = 4.0  # paper Eq. 16: a target counts as relevant when rated >= 4
+
+
+def per_user_metric(per_user: pd.DataFrame, metric: str, split: str = "test",
+                    rating_threshold: float = RATING_THRESHOLD, ties: str = "expected") -> pd.Series:
+    """Per-user values of `metric` on `split`, indexed by sequence (rows of per_user.parquet).
+
+    From each row's rank and ties under the tie rule `ties` (csrec.metrics; a file without a ties
+    column reads as no ties). The "+" versions keep only users whose target rating is >=
+    rating_threshold (Eq. 16). A run's metric is the mean of these values.
+    """
+    name, _ = parse_metric(metric)
+    rows = per_user[per_user["split"] == split]
+    if rows["sequence"].duplicated().any():
+        raise CSRecError(f"per_user rows of split {split!r} repeat a sequence; the file is not one run's output")
+    if name.endswith("+"):
+        rows = rows[rows["rating"].to_numpy(dtype=float) >= rating_threshold]  # NaN ratings never qualify
+    index = pd.Index(rows["sequence"].to_numpy(), name="sequence")
+    if rows.empty:
+        return pd.Series([], index=index, name=metric, dtype=np.float64)
+    tie_counts = rows["ties"].to_numpy() if "ties" in rows.columns else None
+    return pd.Series(metric_values(metric, rows["rank"].to_numpy(), tie_counts, ties), index=index, name=metric)
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,7 @@ class Collection:
     trials: pd.DataFrame
     unfinished: pd.DataFrame
     expected_cells: tuple[tuple[str, str, str], ...]
+    _per_user: dict = field(default_factory=dict, repr=False, compare=False)  # key -> frame, read once
 
     @property
     def missing_cells(self) -> list[tuple[str, str, str]]:
@@ -58,10 +84,16 @@ class Collection:
         return [cell for cell in self.expected_cells if cell not in done]
 
     def per_user(self, key: str) -> pd.DataFrame:
-        """The per_user.parquet rows of finished trial `key` (both splits)."""
-        if key not in set(self.trials["key"]):
-            raise CSRecError(f"trial {key} is not a finished trial of {self.directory}; see Collection.trials")
-        return pd.read_parquet(self.directory / TRIALS / key / "per_user.parquet")
+        """The per_user.parquet rows of finished trial `key` (both splits); read once, then kept."""
+        if key not in self._per_user:
+            if key not in set(self.trials["key"]):
+                raise CSRecError(f"trial {key} is not a finished trial of {self.directory}; see Collection.trials")
+            self._per_user[key] = pd.read_parquet(self.directory / TRIALS / key / "per_user.parquet")
+        return self._per_user[key]
+
+    def has_ties(self, key: str) -> bool:
+        """Whether trial `key`'s per-user file records ties (files written before did not: docs/FORMATS.md)."""
+        return "ties" in self.per_user(key).columns
 
     def dataset_info(self, name: str) -> dict:
         """datasets/<name>.json: n_items and item_train_counts (item popularity for user groups)."""
@@ -168,17 +200,29 @@ class Selected:
     cell: tuple[str, str, str]
     config: str
     valid_score: float  # mean selection metric over the config's search trials
-    source: str  # "seeds" (search run plus seed reruns) or "search" (no reruns yet)
+    source: str  # SOURCES: which runs `keys` holds
     keys: tuple[str, ...]  # the runs reported, by trial key, in seed order
+    seeds: tuple[int, ...] = ()  # the seed of each run in `keys`
+    n_configs: int = 1  # configurations of the cell the choice was made among
+    left_out: tuple[int, ...] = ()  # seeds of search runs left out (exclude_search_run)
 
 
-def select(collection: Collection, metric: str = "ndcg@10") -> dict[tuple[str, str, str], Selected]:
+# "seeds": the search run(s) and the reruns; "search": no reruns yet; "reruns": the reruns only, the
+# search run that won left out; "none": the search run left out and no rerun to report.
+SOURCES = ("seeds", "search", "reruns", "none")
+
+
+def select(collection: Collection, metric: str = "ndcg@10",
+           exclude_search_run: bool = False) -> dict[tuple[str, str, str], Selected]:
     """Per cell, the configuration best on validation `metric` among its "search" trials.
 
     Never looks at test: only split == "valid" rows of stage "search" enter the choice. A config
     with several search seeds is scored by its mean. Ties go to the config whose name sorts first.
     The reported runs are every finished run of that config: its search trial(s) and its reruns
     on the other seeds (Selected.source is "seeds" when there are reruns, else "search").
+    With `exclude_search_run` the search trial(s) are left out: a run that won a selection among
+    n_configs is biased upwards on test (a little: selection is on validation); the reruns are not
+    (source "reruns", or "none" when there is no rerun).
     """
     results = collection.results
     if len(results) and metric not in set(results.loc[results["split"] == "valid", "metric"]):
@@ -195,21 +239,35 @@ def select(collection: Collection, metric: str = "ndcg@10") -> dict[tuple[str, s
         config = group.idxmax()[3]  # first maximum in sorted config order
         runs = trials[(trials["dataset"] == dataset) & (trials["model"] == model)
                       & (trials["method"] == method) & (trials["config"] == config)]
-        source = "seeds" if (runs["stage"] == "seeds").any() else "search"
+        reruns = (runs["stage"] == "seeds").any()
+        left_out = ()
+        if exclude_search_run:
+            left_out = tuple(sorted(set(runs.loc[runs["stage"] == "search", "seed"].astype(int))))
+            runs = runs[runs["stage"] == "seeds"]
+            source = "reruns" if reruns else "none"
+        else:
+            source = "seeds" if reruns else "search"
         runs = runs.sort_values(["seed", "key"]).drop_duplicates("seed")
-        chosen[(dataset, model, method)] = Selected((dataset, model, method), config, float(group.max()),
-                                                    source, tuple(runs["key"]))
+        chosen[(dataset, model, method)] = Selected((dataset, model, method), config, float(group.max()), source,
+                                                    tuple(runs["key"]), tuple(int(s) for s in runs["seed"]),
+                                                    len(group), left_out)
     return chosen
 
 
 def cell_numbers(collection: Collection, chosen: dict[tuple[str, str, str], Selected],
-                 metric: str) -> pd.DataFrame:
-    """Per selected cell: mean and sample std (ddof 1; NaN for one run) of test `metric` over its runs."""
-    results = collection.results
-    test = results[(results["split"] == "test") & (results["metric"] == metric)].set_index("key")["value"]
+                 metric: str, ties: str = "expected") -> pd.DataFrame:
+    """Per selected cell: mean and sample std (ddof 1; NaN for one run) of test `metric` over its runs.
+
+    Each run's number is the mean of its per-user test values (per_user.parquet) under the tie rule
+    `ties` (csrec.metrics), so that the table and its tests use one rule; it equals result.json's
+    number under the default rule.
+    """
+    if ties not in TIES:
+        raise CSRecError(f"ties {ties!r}: use one of {', '.join(TIES)}")
     rows = []
     for cell, sel in chosen.items():
-        values = test.reindex(list(sel.keys)).dropna()
+        values = pd.Series([per_user_metric(collection.per_user(key), metric, ties=ties).mean() for key in sel.keys],
+                           dtype=np.float64).dropna()
         rows.append({"dataset": cell[0], "model": cell[1], "method": cell[2], "config": sel.config,
                      "source": sel.source, "n_runs": len(values),
                      "mean": float(values.mean()) if len(values) else np.nan,

@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Collection, Selected, cell_numbers, collect, select
-from analysis.significance import mean_over_runs, per_user_metric
+from analysis.collect import Collection, Selected, cell_numbers, collect, per_user_metric, select
+from analysis.significance import mean_over_runs
 from csrec.errors import CSRecError
 
 POPULAR_SHARE = 0.2  # paper Fig. 1: "the items are divided into two bins, 20% and 80%"

@@ -1,6 +1,7 @@
 """One Markdown (and HTML) report of an experiment directory: `launch.py report DIR [--out PATH]`.
 
-Sections: what failed or is missing, Table 2 (and Table 3 when the data have ratings), popular- vs
+Sections: what failed or is missing, Table 2 (and Table 3 when the data have ratings), the per-user
+and the seed-aware tests side by side (each says which question it answers), popular- vs
 niche-type users (Fig. 1, 3) and performance by input length (Fig. 4a) for every (dataset, model),
 the plan that produced them and the spec as launched. A section that cannot be made (a partial or
 empty experiment) says why instead of stopping the report. Figures go to `<report name>_files/`
@@ -23,27 +24,34 @@ import pandas as pd
 from analysis.collect import Collection, collect, select
 from analysis.groups import POPULAR_SHARE, by_input_length, group_metrics, popular_items, setting_study
 from analysis.plots import SETTING_NAMES, plot_by_length, plot_groups, plot_noise_term, plot_setting
+from analysis.significance import comparisons
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, comparison_table, metric_name
 from csrec.errors import CSRecError
 
 
 def write_report(experiment_dir: str | Path, out: str | Path | None = None, share: float = POPULAR_SHARE,
-                 length_bins: int | Sequence[int] = 4, html_too: bool = True) -> Path:
-    """Write the report of `experiment_dir` to `out` (default <dir>/report.md) and report.html beside it."""
+                 length_bins: int | Sequence[int] = 4, html_too: bool = True, ties: str = "expected",
+                 exclude_search_run: bool = False) -> Path:
+    """Write the report of `experiment_dir` to `out` (default <dir>/report.md) and report.html beside it.
+
+    ties and exclude_search_run apply to the tables and the tests (analysis.tables.comparison_table)."""
     collection = collect(experiment_dir)
     directory = collection.directory
     out = Path(out) if out is not None else directory / "report.md"
     figures = out.parent / f"{out.stem}_files"
     name = _spec_name(directory)
+    options = {"ties": ties, "exclude_search_run": exclude_search_run}
     parts = [f"# Report: {name}", f"Experiment directory `{directory.resolve()}`: {len(collection.trials)} "
              f"finished trials, {len(collection.missing_cells)} of {len(collection.expected_cells)} cells missing.",
              "## What failed or is missing", _section(lambda: _failures(collection)),
-             "## Table 2: test metrics", _section(lambda: comparison_table(directory, "md")),
+             "## Table 2: test metrics", _section(lambda: comparison_table(directory, "md", **options)),
+             "### Per-user and seed-aware tests against SoftRec", SIGNIFICANCE_NOTE,
+             _section(lambda: _significance(collection, **options)),
              "### Selected configurations", _section(lambda: _selected(collection)),
-             "### Runs of the selected configurations", _section(lambda: _runs(collection))]
+             "### Runs of the selected configurations", _section(lambda: _runs(collection, exclude_search_run))]
     if collection.results["metric"].str.contains("+", regex=False).any():
         parts += ["## Table 3: positive preferences (targets rated >= 4, Eq. 16)",
-                  _section(lambda: comparison_table(directory, "md", metrics=("recall+@10", "ndcg+@10")))]
+                  _section(lambda: comparison_table(directory, "md", metrics=("recall+@10", "ndcg+@10"), **options))]
     parts += ["## Popular- and niche-type users (Fig. 1, 3)",
               f"The top {share:.0%} of the items by training frequency are popular, the others niche (ties go "
               "to the smaller item id); a user is popular- or niche-type by its test target.",
@@ -127,9 +135,50 @@ def _selected(collection: Collection) -> str:
     return _markdown_table(pd.DataFrame(rows))
 
 
-def _runs(collection: Collection) -> str:
+SIGNIFICANCE_NOTE = (
+    "Two questions, two kinds of test, on the runs behind Table 2's numbers (difference: method minus SoftRec, "
+    "in points of %). The per-user paired t-test (the paper's; Table 2's markers by default) pairs each user's "
+    "value averaged over the seeds and asks whether these trained models differ on these users; it leaves out "
+    "the variance between seeds, so a rerun that happens to be better on every user is evidence enough. The "
+    "two-level paired bootstrap (2000 resamples: each method's seeds, then the users, the same for both; needs >= 2 "
+    "seeds a method) and the t-test over per-seed means (paired by seed; needs >= 5 seeds) ask whether the method "
+    "is better, counting the variance between seeds: claims about methods rest on these. No correction for "
+    "multiple comparisons; a dash: the test could not be made.")
+
+
+def _significance(collection: Collection, ties: str = "expected", exclude_search_run: bool = False) -> str:
+    """Per cell and metric: the difference, the per-user t-test and the seed-aware tests side by side."""
+    chosen = select(collection, exclude_search_run=exclude_search_run)
+    metrics = ("recall@10", "ndcg@10")
+    tests = {test: comparisons(collection, chosen, metrics, test=test, n_resamples=2000, ties=ties)
+             for test in ("ttest", "bootstrap", "seed-ttest")}
+    if tests["ttest"].empty:
+        raise CSRecError("no cell has both its method and SoftRec finished yet")
+    keys = ["dataset", "model", "method", "metric"]
+    both = tests["ttest"].merge(tests["bootstrap"], on=keys, suffixes=("", "_bootstrap")).merge(
+        tests["seed-ttest"][keys + ["p_value"]].rename(columns={"p_value": "p_seed"}), on=keys)
+    table = pd.DataFrame({
+        "dataset": both["dataset"], "model": both["model"], "method": both["method"].map(lambda m: METHOD_NAMES.get(m, m)),
+        "metric": both["metric"].map(metric_name),
+        "seeds": [f"{a} / {b}" for a, b in zip(both["n_seeds"], both["n_seeds_versus"])],
+        "difference": both["mean_difference"] * 100, "per-user t-test p": both["p_value"].map(_p),
+        "bootstrap 95% interval": [_interval(lo, hi) for lo, hi in zip(both["ci_low_bootstrap"], both["ci_high_bootstrap"])],
+        "bootstrap p": both["p_value_bootstrap"].map(_p), "seed t-test p": both["p_seed"].map(_p)})
+    return _markdown_table(table)
+
+
+def _p(p_value: float) -> str | None:
+    """Two significant digits (0.018, 0.00031), None (a dash) where no test was made."""
+    return None if pd.isna(p_value) else f"{p_value:.2g}"
+
+
+def _interval(low: float, high: float) -> str | None:
+    return None if pd.isna(low) else f"{low * 100:.3f} to {high * 100:.3f}"
+
+
+def _runs(collection: Collection, exclude_search_run: bool = False) -> str:
     """Per selected cell, each run its Table 2 numbers average: seed, best epoch, valid and test metrics."""
-    chosen = select(collection)
+    chosen = select(collection, exclude_search_run=exclude_search_run)
     if not chosen:
         raise CSRecError("no finished search trial yet, so no configuration is selected")
     value = collection.results.set_index(["key", "split", "metric"])["value"]

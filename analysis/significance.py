@@ -1,14 +1,19 @@
-"""Paired significance tests on per-user test metrics, as the paper marks Table 2 (** p < 0.05, * p < 0.1).
+"""Paired significance tests of a method against a reference method, and the table's markers.
 
-Each evaluation "user" (a sequence) has one test target, so a run's Recall@10 is the mean of the
-per-user vector 1(rank <= 10) and its NDCG@10 the mean of 1(rank <= 10) / log2(rank + 1). Two
-methods are compared on the same users (inner join on `sequence`); with several seeds a method's
-per-user value is its mean over the seeds. The paper names its test only as a significance test
-against SoftRec; the default here is the paired two-sided t-test, with Wilcoxon signed-rank and a
-paired randomisation (sign-flip) test as options, and Holm's correction across a table.
+Each evaluation "user" (a sequence) has one test target, so a run's metric is the mean of its
+per-user values (analysis.collect.per_user_metric). Two families of tests, answering two questions:
 
-The filtered metrics recall+@k / ndcg+@k (paper Eq. 16) average over the users whose target is
-rated >= 4 only, so their per-user vectors hold those users only.
+- per user (the paper's): each method's per-user value averaged over its seeds, paired over the
+  same users (inner join on `sequence`); the paired two-sided t-test by default, Wilcoxon
+  signed-rank or a paired randomisation (sign-flip) test as options. They ask "do these trained
+  models differ on these users?"; seed-to-seed variance is not in them, so a rerun that happens to
+  be better on every user is evidence enough.
+- seed-aware (analysis.seed_tests): the two-level paired bootstrap over seeds and users ("bootstrap")
+  and the paired t-test over per-seed means ("seed-ttest", >= 5 seeds). They ask "is the method
+  better?", counting the variance between seeds.
+
+`marker` follows the paper's caption: ** and * mark significant *improvements* over the reference;
+a significant deterioration gets its own mark. Holm's correction is available across a table.
 """
 
 from __future__ import annotations
@@ -19,45 +24,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.collect import Collection, Selected
+from analysis.collect import RATING_THRESHOLD, Collection, Selected, per_user_metric  # noqa: F401 (re-exported)
+from analysis.seed_tests import MIN_SEEDS, seed_ttest, two_level_bootstrap
 from csrec.errors import CSRecError
+from csrec.metrics import parse_metric  # noqa: F401 (re-exported)
 
-TESTS = ("ttest", "wilcoxon", "randomisation")
-RATING_THRESHOLD = 4.0  # paper Eq. 16: a target counts as relevant when rated >= 4
-_METRICS = ("recall", "ndcg", "mrr", "recall+", "ndcg+")
+PER_USER_TESTS = ("ttest", "wilcoxon", "randomisation")
+SEED_TESTS = ("bootstrap", "seed-ttest")
+TESTS = PER_USER_TESTS + SEED_TESTS
 _PERMUTATION_ELEMENTS = 4_000_000  # floats per vectorised permutation step (32 MB)
-
-
-def parse_metric(metric: str) -> tuple[str, int]:
-    """'ndcg+@10' -> ('ndcg+', 10); an error naming the accepted forms otherwise."""
-    name, _, k = metric.partition("@")
-    if name not in _METRICS or not k.isdigit() or int(k) < 1:
-        raise CSRecError(f"metric {metric!r}: use name@k with name in {', '.join(_METRICS)}, e.g. 'ndcg@10'")
-    return name, int(k)
-
-
-def per_user_metric(per_user: pd.DataFrame, metric: str, split: str = "test",
-                    rating_threshold: float = RATING_THRESHOLD) -> pd.Series:
-    """Per-user values of `metric` on `split`, indexed by sequence (rows of per_user.parquet).
-
-    recall@k = 1(rank <= k); ndcg@k = 1(rank <= k) / log2(rank + 1); mrr@k = 1(rank <= k) / rank.
-    The "+" versions keep only users whose target rating is >= rating_threshold (Eq. 16).
-    """
-    name, k = parse_metric(metric)
-    rows = per_user[per_user["split"] == split]
-    if rows["sequence"].duplicated().any():
-        raise CSRecError(f"per_user rows of split {split!r} repeat a sequence; the file is not one run's output")
-    if name.endswith("+"):
-        rows = rows[rows["rating"].to_numpy(dtype=float) >= rating_threshold]  # NaN ratings never qualify
-    rank = rows["rank"].to_numpy(dtype=np.float64)  # [N]
-    hit = rank <= k  # [N]
-    if name.startswith("recall"):
-        value = hit.astype(np.float64)
-    elif name.startswith("ndcg"):
-        value = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
-    else:
-        value = np.where(hit, 1.0 / rank, 0.0)
-    return pd.Series(value, index=pd.Index(rows["sequence"].to_numpy(), name="sequence"), name=metric)
 
 
 def mean_over_runs(vectors: list[pd.Series]) -> pd.Series:
@@ -93,8 +68,8 @@ def paired_test(x: np.ndarray, y: np.ndarray, test: str = "ttest", n_resamples: 
     When every difference is 0 there is no evidence of a difference: p = 1 (scipy gives NaN or
     fails there). With fewer than 2 pairs p is NaN.
     """
-    if test not in TESTS:
-        raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
+    if test not in PER_USER_TESTS:
+        raise CSRecError(f"per-user test {test!r}: use one of {', '.join(PER_USER_TESTS)}")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise CSRecError(f"paired vectors must be 1-d of equal length, got {x.shape} and {y.shape}")
@@ -163,53 +138,90 @@ def holm(p_values) -> np.ndarray:
     return adjusted
 
 
-def marker(p_value: float) -> str:
-    """The paper's markers: '**' for p < 0.05, '*' for p < 0.1, '' otherwise (and for NaN)."""
-    if p_value is None or np.isnan(p_value):
+IMPROVEMENT_LEVELS = (("**", 0.05), ("*", 0.1))  # the paper's caption: significant improvements
+WORSE, WORSE_LEVEL = "↓", 0.05  # a significant deterioration: its own mark
+
+
+def marker(p_value: float, difference: float) -> str:
+    """'**' (p < 0.05) or '*' (p < 0.1) for a significant improvement (difference > 0, method minus
+    reference), '↓' for a significant deterioration (difference < 0, p < 0.05), '' otherwise and for NaN."""
+    if p_value is None or difference is None or np.isnan(p_value) or np.isnan(difference):
         return ""
-    return "**" if p_value < 0.05 else "*" if p_value < 0.1 else ""
+    if difference > 0:
+        return next((mark for mark, level in IMPROVEMENT_LEVELS if p_value < level), "")
+    return WORSE if difference < 0 and p_value < WORSE_LEVEL else ""
 
 
 CORRECTIONS = (None, "holm")
-COMPARISON_COLUMNS = ["dataset", "model", "method", "metric", "versus", "test", "n_users", "statistic",
-                      "p_value", "p_adjusted", "marker", "mean_difference", "ci_low", "ci_high"]
+COMPARISON_COLUMNS = ["dataset", "model", "method", "metric", "versus", "test", "n_users", "n_seeds", "n_seeds_versus",
+                      "statistic", "p_value", "p_adjusted", "marker", "mean_difference", "ci_low", "ci_high"]
+
+
+def seed_matrices(collection: Collection, sel: Selected, reference: Selected, metric: str, ties: str = "expected",
+                  paired_seeds: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed per-user test values of two cells: [S_a, U] and [S_b, U], on the users every run
+    evaluated, in sequence order. `paired_seeds` keeps only the seed numbers both cells ran, in order."""
+    keys_a, keys_b = dict(zip(sel.seeds, sel.keys)), dict(zip(reference.seeds, reference.keys))
+    if paired_seeds:
+        common = sorted(set(keys_a) & set(keys_b))
+        keys_a, keys_b = {s: keys_a[s] for s in common}, {s: keys_b[s] for s in common}
+    runs = [per_user_metric(collection.per_user(key), metric, ties=ties) for key in [*keys_a.values(), *keys_b.values()]]
+    if not runs:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    joined = pd.concat(runs, axis=1, join="inner").sort_index().to_numpy().T  # [S_a + S_b, U]
+    return joined[:len(keys_a)], joined[len(keys_a):]
 
 
 def comparisons(collection: Collection, chosen: dict[tuple[str, str, str], Selected], metrics: tuple[str, ...],
                 versus: str = "softrec", test: str = "ttest", correction: str | None = None,
-                n_resamples: int = 10000, seed: int = 0, bootstrap: int = 0) -> pd.DataFrame:
+                n_resamples: int = 10000, seed: int = 0, bootstrap: int = 0, ties: str = "expected") -> pd.DataFrame:
     """Every selected cell against the `versus` method of its (dataset, model), per metric.
 
-    Each side is the per-user test vector of the runs its numbers are reported from (averaged over
-    seeds), joined on the users both evaluated. `correction="holm"` adjusts across all the rows
-    returned (a table's comparisons); `marker` follows the adjusted p-value. `bootstrap` > 0 adds a
-    seeded paired-bootstrap 95% interval of the mean difference (method - versus) with that many resamples.
+    Both sides use the runs their numbers are reported from (Selected.keys), on the users every
+    run evaluated. Per-user tests (PER_USER_TESTS) pair the per-user means over seeds; "bootstrap"
+    resamples seeds and users (n_resamples, seed; its interval fills ci_low / ci_high; no statistic);
+    "seed-ttest" pairs per-seed means by seed number. A seed-aware test with fewer seeds than it
+    needs (MIN_SEEDS) gives p = NaN: no marker. mean_difference is method minus reference over the
+    values tested; the marker needs its sign. `correction="holm"` adjusts across all the rows
+    returned (a table's comparisons); `marker` follows the adjusted p-value. `bootstrap` > 0 adds to
+    a per-user test a user-level paired-bootstrap 95% interval with that many resamples.
     """
     if correction not in CORRECTIONS:
         raise CSRecError(f"correction {correction!r}: use none or 'holm'")
-    frames: dict[str, pd.DataFrame] = {}
-
-    def vector(sel: Selected, metric: str) -> pd.Series:
-        for key in sel.keys:
-            if key not in frames:
-                frames[key] = collection.per_user(key)
-        return mean_over_runs([per_user_metric(frames[key], metric) for key in sel.keys])
-
+    if test not in TESTS:
+        raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
     rows = []
     for cell, sel in chosen.items():
         reference = chosen.get((cell[0], cell[1], versus))
         if cell[2] == versus or reference is None or not sel.keys or not reference.keys:
             continue
         for metric in metrics:
-            x, y = align(vector(sel, metric), vector(reference, metric))
-            result = paired_test(x, y, test, n_resamples, seed)
-            effect = effect_size(x, y, bootstrap, seed) if bootstrap > 0 and len(x) else None
-            rows.append({"dataset": cell[0], "model": cell[1], "method": cell[2], "metric": metric,
-                         "versus": versus, "test": test, "n_users": result.n, "statistic": result.statistic,
-                         "p_value": result.p_value,
-                         "mean_difference": float(np.mean(x - y)) if len(x) else np.nan,
-                         "ci_low": effect.low if effect else np.nan, "ci_high": effect.high if effect else np.nan})
+            a, b = seed_matrices(collection, sel, reference, metric, ties, paired_seeds=test == "seed-ttest")
+            row = {"dataset": cell[0], "model": cell[1], "method": cell[2], "metric": metric, "versus": versus,
+                   "test": test, "n_users": a.shape[1], "n_seeds": len(a), "n_seeds_versus": len(b),
+                   "statistic": np.nan, "p_value": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                   "mean_difference": float(a.mean() - b.mean()) if a.size and b.size else np.nan}
+            rows.append(row | _test(a, b, test, n_resamples, seed, bootstrap))
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     table["p_adjusted"] = holm(table["p_value"]) if correction == "holm" else table["p_value"]
-    table["marker"] = [marker(p) for p in table["p_adjusted"]]
+    table["marker"] = [marker(p, d) for p, d in zip(table["p_adjusted"], table["mean_difference"])]
     return table
+
+
+def _test(a: np.ndarray, b: np.ndarray, test: str, n_resamples: int, seed: int, bootstrap: int) -> dict:
+    """The columns one test fills, from the seed matrices a [S_a, U] and b [S_b, U]."""
+    if test in PER_USER_TESTS:
+        x, y = (a.mean(axis=0), b.mean(axis=0)) if a.size and b.size else (np.zeros(0), np.zeros(0))
+        result = paired_test(x, y, test, n_resamples, seed)
+        out = {"statistic": result.statistic, "p_value": result.p_value}
+        if bootstrap > 0 and len(x):
+            effect = effect_size(x, y, bootstrap, seed)
+            out |= {"ci_low": effect.low, "ci_high": effect.high}
+        return out
+    if min(len(a), len(b)) < MIN_SEEDS[test] or a.shape[1] == 0:
+        return {}
+    if test == "seed-ttest":
+        statistic, p_value = seed_ttest(a, b)
+        return {"statistic": statistic, "p_value": p_value}
+    result = two_level_bootstrap(a, b, n_resamples, seed)
+    return {"p_value": result.p_value, "ci_low": result.low, "ci_high": result.high}

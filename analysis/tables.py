@@ -2,8 +2,11 @@
 
 Rows are dataset x method (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T), columns a pair of metrics per
 model; each number is the test metric in % (3 decimals) of the configuration chosen on validation
-(analysis.collect.select), followed by the marker of its paired test against SoftRec (or Base). The
-best number of each column within a data set is bold. Table 3 is the same with the filtered metrics
+(analysis.collect.select), followed by the marker of its test against SoftRec (or Base): ** / * for
+a significant improvement, ↓ for a significant deterioration. The legend under the table states
+the test, the question it answers, the correction, the runs behind the numbers and the tie rule:
+every one of those is a claim about the numbers above it. The best number of each column within a
+data set is bold. Table 3 is the same with the filtered metrics
 recall+@10 / ndcg+@10 (paper Eq. 16) and only the data sets with ratings. A partial experiment gives
 the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a").
 """
@@ -18,15 +21,28 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import Collection, cell_numbers, collect, select
-from analysis.significance import TESTS, comparisons, parse_metric
+from analysis.seed_tests import MIN_SEEDS
+from analysis.significance import IMPROVEMENT_LEVELS, TESTS, WORSE, WORSE_LEVEL, comparisons, parse_metric
 from csrec.errors import CSRecError
+from csrec.metrics import TIE_RULES, TIES
 
 METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T"}
 MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
 DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "ml-100k": "ML-100K"}
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "recall+": "Recall+", "ndcg+": "NDCG+"}
-_TEST_NAMES = {"ttest": "paired two-sided t-test", "wilcoxon": "two-sided Wilcoxon signed-rank test",
-               "randomisation": "paired two-sided randomisation (sign-flip) test"}
+_PER_USER = ("on the users' test values, each user's value averaged over the seeds; it asks whether these "
+             "trained models differ on these users, not whether the method is better across seeds")
+_SEED_AWARE = "it asks whether the method is better, counting the variance between seeds"
+_TEST_NAMES = {
+    "ttest": f"paired two-sided t-test {_PER_USER}",
+    "wilcoxon": f"two-sided Wilcoxon signed-rank test {_PER_USER}",
+    "randomisation": "paired two-sided randomisation (sign-flip) test ({n_resamples} resamples, seed {seed}) " + _PER_USER,
+    "bootstrap": ("two-level paired bootstrap ({n_resamples} resamples, seed {seed}): each method's seeds resampled, "
+                  "then the users (the same for both), p twice the smaller tail of the mean difference; "
+                  f"{_SEED_AWARE}; needs >= {MIN_SEEDS['bootstrap']} seeds per method"),
+    "seed-ttest": (f"paired two-sided t-test over the per-seed means, paired by seed; {_SEED_AWARE}; "
+                   f"needs >= {MIN_SEEDS['seed-ttest']} common seeds"),
+}
 FORMATS = ("md", "latex", "csv")
 
 
@@ -34,7 +50,8 @@ FORMATS = ("md", "latex", "csv")
 class ComparisonTable:
     """One row per (dataset, method, model, metric) position of the table, missing ones included."""
 
-    cells: pd.DataFrame  # dataset method model metric mean std n_runs source config p_value p_adjusted marker best
+    cells: pd.DataFrame  # dataset method model metric mean std n_runs source config n_configs p_value p_adjusted
+    #                      mean_difference marker best
     datasets: tuple[str, ...]
     methods: tuple[str, ...]
     models: tuple[str, ...]
@@ -45,22 +62,29 @@ class ComparisonTable:
     selection_metric: str
     n_resamples: int
     seed: int
+    ties: str = "expected"
+    left_out: tuple[int, ...] = ()  # seeds of the search runs left out (exclude_search_run)
+    runs_without_ties: tuple[int, int] = (0, 0)  # (reported runs whose files predate tie counting, all)
 
 
 def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus: str = "softrec",
                 test: str = "ttest", correction: str | None = None, selection_metric: str = "ndcg@10",
-                n_resamples: int = 10000, seed: int = 0) -> ComparisonTable:
+                n_resamples: int = 10000, seed: int = 0, ties: str = "expected",
+                exclude_search_run: bool = False) -> ComparisonTable:
     """Select (on validation), summarise (test mean/std over the reported runs) and test every cell.
 
     Rows and columns are those of the plan, so a cell with nothing to report is present with
     n_runs 0. `best` marks the highest number of its (dataset, model, metric) column as shown
-    (3 decimals in %), so ties at that precision are all bold.
+    (3 decimals in %), so ties at that precision are all bold. ties: the tie rule of every number
+    (csrec.metrics). exclude_search_run: report the seed reruns only (analysis.collect.select).
     """
     metrics = tuple(metrics)
     for metric in metrics:
         parse_metric(metric)
     if test not in TESTS:
         raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
+    if ties not in TIES:
+        raise CSRecError(f"ties {ties!r}: use one of {', '.join(TIES)}")
     if versus not in METHOD_NAMES:
         raise CSRecError(f"versus {versus!r}: use one of {', '.join(METHOD_NAMES)}")
     cells = collection.expected_cells
@@ -75,21 +99,26 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     models = _ordered([c[1] for c in cells], MODEL_NAMES)
     methods = _ordered([c[2] for c in cells], METHOD_NAMES)
 
-    chosen = {cell: sel for cell, sel in select(collection, selection_metric).items() if cell[0] in datasets}
-    numbers = pd.concat([cell_numbers(collection, chosen, m).assign(metric=m) for m in metrics], ignore_index=True)
-    tests = comparisons(collection, chosen, metrics, versus, test, correction, n_resamples, seed)
+    chosen = {cell: sel for cell, sel in select(collection, selection_metric, exclude_search_run).items()
+              if cell[0] in datasets}
+    numbers = pd.concat([cell_numbers(collection, chosen, m, ties).assign(metric=m) for m in metrics], ignore_index=True)
+    numbers["n_configs"] = [chosen[(r.dataset, r.model, r.method)].n_configs for r in numbers.itertuples()]
+    tests = comparisons(collection, chosen, metrics, versus, test, correction, n_resamples, seed, ties=ties)
     grid = pd.DataFrame(list(itertools.product(datasets, methods, models, metrics)),
                         columns=["dataset", "method", "model", "metric"])
     keys = ["dataset", "model", "method", "metric"]
     table = grid.merge(numbers, on=keys, how="left").merge(
-        tests[keys + ["p_value", "p_adjusted", "marker"]], on=keys, how="left")
+        tests[keys + ["p_value", "p_adjusted", "mean_difference", "marker"]], on=keys, how="left")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
     table["marker"] = table["marker"].astype(object).fillna("")
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
     column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
     table["best"] = shown.notna() & (shown == column_best)
+    reported = [key for sel in chosen.values() for key in sel.keys]
+    left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
+    without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
     return ComparisonTable(table, datasets, methods, models, metrics, versus, test, correction, selection_metric,
-                           n_resamples, seed)
+                           n_resamples, seed, ties, left_out, without_ties)
 
 
 def _ordered(names: list[str], canonical: dict[str, str]) -> tuple[str, ...]:
@@ -130,30 +159,52 @@ def _caption(table: ComparisonTable) -> str:
 
 
 def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "<") -> str:
-    """Markers, bold, the runs behind the numbers and the missing mark, in one paragraph."""
-    test = _TEST_NAMES[table.test]
-    if table.test == "randomisation":
-        test += f" ({table.n_resamples} resamples, seed {table.seed})"
-    parts = [f"{mark('**')} p {less} 0.05, {mark('*')} p {less} 0.1: {test} against "
-             f"{METHOD_NAMES[table.versus]} on the per-user test values of the same users (per-user mean over seeds)"]
+    """The legend: markers, test, correction, runs behind the numbers, tie rule, bold, missing."""
+    versus = METHOD_NAMES.get(table.versus, table.versus)
+    better = ", ".join(f"{mark(m)} p {less} {level}" for m, level in IMPROVEMENT_LEVELS)
+    test = _TEST_NAMES[table.test].format(n_resamples=table.n_resamples, seed=table.seed)
+    few = " (or too few seeds for the test)" if table.test in MIN_SEEDS else ""
+    parts = [f"{better}: significantly better than {versus}; {mark(WORSE)} p {less} {WORSE_LEVEL}: significantly "
+             f"worse; no mark: no significant difference{few}; test: {test}; tested on the runs behind each number"]
     if table.correction == "holm":
         parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
+    parts.append(_runs_note(table, dagger))
+    parts.append(f"ranks: {TIE_RULES[table.ties]}")
+    old, reported = table.runs_without_ties
+    if old:
+        parts.append(f"{old} of the {reported} runs were evaluated before ties were recorded: their ties count in the "
+                     "target's favour")
     parts.append("bold: best per column within a data set")
-    sources = set(table.cells.loc[table.cells["n_runs"] > 0, "source"])
-    if sources == {"search"}:
-        parts.append("no seed reruns: each number is the search run of the selected configuration")
-    elif sources == {"seeds"}:
-        parts.append("each number is the mean over the seed reruns of the selected configuration")
-    elif sources:
-        parts.append(f"mean over the seed reruns of the selected configuration; {dagger}: no reruns, "
-                     "the configuration's search run(s)")
-    parts.append(f"{missing}: no finished trial")
+    parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
+
+
+def _runs_note(table: ComparisonTable, dagger: str) -> str:
+    """Which runs each number averages, and how many configurations each was selected from."""
+    shown = table.cells[table.cells["n_runs"] > 0]
+    sources = set(shown["source"])
+    if sources == {"search"}:
+        runs = "no seed reruns: each number is the search run of the selected configuration"
+    elif sources == {"reruns"}:
+        seeds = ", ".join(map(str, table.left_out))
+        runs = (f"each number is the mean over the seed reruns of the selected configuration; the search run that won "
+                f"the selection (seed {seeds}) left out")
+    elif sources == {"seeds"}:
+        runs = "each number is the mean over the selected configuration's search run and its seed reruns"
+    else:
+        runs = (f"each number is the mean over the selected configuration's search run and its seed reruns; "
+                f"{dagger}: no reruns, the configuration's search run(s)")
+    counts = shown.drop_duplicates(["dataset", "model", "method"]).groupby("method", sort=False)["n_configs"]
+    spans = [(method, int(c.min()), int(c.max())) for method, c in counts if c.max() > 1]
+    if spans:
+        listed = ", ".join(f"{METHOD_NAMES.get(m, m)} {lo}" + (f"-{hi}" if hi > lo else "") for m, lo, hi in spans)
+        runs += f"; selected on validation from {listed} configurations"
+    return runs
 
 
 def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str) -> dict[tuple, str]:
     """(dataset, method, model, metric) -> the text of its cell; `bold` and `mark` wrap the pieces."""
-    mixed = set(table.cells.loc[table.cells["n_runs"] > 0, "source"]) == {"seeds", "search"}
+    mixed = {"seeds", "search"} <= set(table.cells.loc[table.cells["n_runs"] > 0, "source"])
     texts = {}
     for row in table.cells.itertuples(index=False):
         key = (row.dataset, row.method, row.model, row.metric)
@@ -182,8 +233,12 @@ def to_markdown(table: ComparisonTable) -> str:
     return "\n".join(lines + ["", note]) + "\n"
 
 
+def _latex_mark(text: str) -> str:
+    return "$^{" + text.replace(WORSE, r"\downarrow") + "}$"
+
+
 def to_latex(table: ComparisonTable) -> str:
-    texts = _format_cells(table, lambda s: rf"\textbf{{{s}}}", lambda s: f"$^{{{s}}}$", r"\dagger", "---")
+    texts = _format_cells(table, lambda s: rf"\textbf{{{s}}}", _latex_mark, r"\dagger", "---")
     n = len(table.metrics)
     groups = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_latex(MODEL_NAMES.get(m, m))}}}" for m in table.models)
     rules = " ".join(rf"\cmidrule(lr){{{3 + i * n}-{2 + (i + 1) * n}}}" for i in range(len(table.models)))
@@ -197,7 +252,7 @@ def to_latex(table: ComparisonTable) -> str:
             row = [_latex(DATASET_NAMES.get(dataset, dataset)) if i == 0 else "", _latex(METHOD_NAMES.get(method, method))]
             row += [texts[(dataset, method, m, x)] for m in table.models for x in table.metrics]
             lines.append(" & ".join(row) + r" \\")
-    note = _note(table, lambda s: f"$^{{{s}}}$", r"$^\dagger$", "---", less="$<$")
+    note = _note(table, _latex_mark, r"$^\dagger$", "---", less="$<$")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", rf"{{\footnotesize {note}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -212,22 +267,27 @@ def _latex(text: str) -> str:
 def to_csv(table: ComparisonTable) -> str:
     """One line per table position, ids as in the files, mean and std in %, missing values as n/a."""
     frame = table.cells.assign(mean_pct=table.cells["mean"] * 100, std_pct=table.cells["std"] * 100,
-                               versus=table.versus, test=table.test, correction=table.correction or "none")
-    columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config",
-               "versus", "test", "correction", "p_value", "p_adjusted", "marker", "best"]
+                               difference_pct=table.cells["mean_difference"] * 100, versus=table.versus,
+                               test=table.test, correction=table.correction or "none", ties=table.ties)
+    columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config", "n_configs",
+               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best"]
     return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
 
 
 def comparison_table(experiment_dir: str | Path, fmt: str = "md", metrics=("recall@10", "ndcg@10"),
                      versus: str = "softrec", test: str = "ttest", correction: str | None = None,
-                     selection_metric: str = "ndcg@10", n_resamples: int = 10000, seed: int = 0) -> str:
+                     selection_metric: str = "ndcg@10", n_resamples: int = 10000, seed: int = 0,
+                     ties: str = "expected", exclude_search_run: bool = False) -> str:
     """Table 2 (or Table 3 with metrics=("recall+@10", "ndcg+@10")) of `experiment_dir` as text.
 
     fmt: "md" | "latex" | "csv"; versus: the method every other is tested against ("softrec" as in
-    the paper, or "base"); test: "ttest" | "wilcoxon" | "randomisation" (n_resamples, seed);
-    correction: None | "holm" (across the table's comparisons).
+    the paper, or "base"); test: per user "ttest" | "wilcoxon" | "randomisation", or seed-aware
+    "bootstrap" | "seed-ttest" (analysis.significance; n_resamples, seed); correction: None |
+    "holm" (across the table's comparisons); ties: "expected" | "pessimistic"; exclude_search_run:
+    the seed reruns only, without the search run that won the selection.
     """
     if fmt not in FORMATS:
         raise CSRecError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
-    table = build_table(collect(experiment_dir), metrics, versus, test, correction, selection_metric, n_resamples, seed)
+    table = build_table(collect(experiment_dir), metrics, versus, test, correction, selection_metric, n_resamples, seed,
+                        ties, exclude_search_run)
     return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](table)

@@ -203,15 +203,28 @@ def _add_table(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX or CSV")
     p.add_argument("--metric", nargs="+", default=["recall@10", "ndcg@10"], help="metrics (columns per model)")
     p.add_argument("--vs", default="softrec", choices=["softrec", "base"], help="the method every other is tested against")
-    p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation"], help="paired test")
+    p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation", "bootstrap", "seed-ttest"],
+                   help="per user (the paper's; do these trained models differ on these users?): ttest, wilcoxon, "
+                        "randomisation; seed-aware (is the method better, counting seed-to-seed variance?): bootstrap "
+                        "(two-level over seeds and users, >= 2 seeds a method), seed-ttest (per-seed means, >= 5 seeds)")
     p.add_argument("--correction", choices=["holm"], help="multiple-comparison correction across the table")
+    _add_table_choices(p)
+
+
+def _add_table_choices(p: argparse.ArgumentParser) -> None:
+    """What the numbers are: the tie rule and the runs behind them (table and report)."""
+    p.add_argument("--ties", default="expected", choices=["expected", "pessimistic"],
+                   help="items scored exactly as the target: broken at random (expected metric) or counted against it")
+    p.add_argument("--exclude-search-run", action="store_true",
+                   help="report the selected configuration's seed reruns only, not the search run that won the selection")
 
 
 def _run_table(args: argparse.Namespace) -> int:
     from analysis import comparison_table
 
     print(comparison_table(args.directory, fmt=args.format, metrics=tuple(args.metric), versus=args.vs,
-                           test=args.test, correction=args.correction))
+                           test=args.test, correction=args.correction, ties=args.ties,
+                           exclude_search_run=args.exclude_search_run))
     return 0
 
 
@@ -225,6 +238,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x", default="value", choices=["value", "sparsity"],
                    help="with --study: plot against the setting or the data's sparsity")
     p.add_argument("--no-html", action="store_true", help="write the Markdown only")
+    _add_table_choices(p)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -233,7 +247,8 @@ def _run_report(args: argparse.Namespace) -> int:
     if args.study is None:
         if len(args.directory) != 1:
             raise CSRecError("report takes one experiment directory; add --study SETTING --out PATH to compare several")
-        path = write_report(args.directory[0], out=args.out, html_too=not args.no_html)
+        path = write_report(args.directory[0], out=args.out, html_too=not args.no_html, ties=args.ties,
+                            exclude_search_run=args.exclude_search_run)
     else:
         if args.out is None:
             raise CSRecError("--study needs --out PATH (where the study's Markdown goes)")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis import collect, comparison_table, group_metrics, markdown_to_html, write_report, write_study_report
+from analysis import (collect, comparison_table, comparisons, group_metrics, markdown_to_html, select, write_report,
+                      write_study_report)
 from analysis.plots import figure_size
 from csrec.errors import CSRecError
 
@@ -80,6 +81,17 @@ def test_report_of_a_finished_experiment(smoke, tmp_path):
     assert [int(r[6]) for r in base_runs] == [epochs[0], epochs[1]]
     mean = sum(float(r[8]) for r in base_runs) / 2
     assert abs(mean - float(re.search(r"\d+\.\d{3}", table_row.split("|")[3]).group())) <= 0.001
+    # both kinds of test side by side: per user (the markers' test) and seed-aware, 4 methods x 2 metrics
+    tests = text.split("### Per-user and seed-aware tests against SoftRec")[1].split("\n### ")[0]
+    assert "asks whether these trained models differ on these users" in tests
+    assert "ask whether the method is better, counting the variance between seeds" in tests
+    rows = [line.split("|")[1:-1] for line in tests.splitlines() if line.startswith("| smoke |")]
+    assert len(rows) == 8 and all(r[4].strip() == "2 / 2" and r[-1].strip() == "—" for r in rows)  # < 5 seeds
+    per_user = comparisons(collect(directory), select(collect(directory)), ("recall@10", "ndcg@10"))
+    assert [r[6].strip() for r in rows] == [f"{p:.2g}" for p in per_user["p_value"]]
+    for row in rows:  # the bootstrap interval holds the difference
+        low, high = (float(x) for x in row[7].split(" to "))
+        assert low <= float(row[5]) <= high
     page = (directory / "report.html").read_text()
     assert page.count("<table>") == text.count("\n|---") and all(f'src="{i}"' in page for i in images)
 
@@ -115,7 +127,7 @@ def test_report_of_an_experiment_that_never_ran(smoke, tmp_path):
     text = write_report(directory, html_too=False).read_text()
     assert "cells with no finished trial: 5 of 5" in text and "teachers with no finished model: 5 of 5" in text
     assert "datasets/smoke.json does not exist" in text and _images(text) == []
-    assert text.count("Not available:") == 4  # selected configurations, their runs, groups, input lengths
+    assert text.count("Not available:") == 5  # tests, selected configurations, their runs, groups, input lengths
     assert not (directory / "report.html").exists()
     with pytest.raises(CSRecError, match="does not exist"):
         write_report(tmp_path / "nowhere")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.seed_tests import seed_ttest, two_level_bootstrap
 from analysis.significance import (align, effect_size, holm, marker, mean_over_runs, paired_test, parse_metric,
                                    per_user_metric)
 from csrec.errors import CSRecError
@@ -33,7 +34,7 @@ def test_t_statistic_and_p_value_by_hand():
     # Student t with 4 dof: P(|T| < t) = I_x(1/2, 2) = sqrt(x) (3 - x) / 2 with x = t^2 / (t^2 + 4) = 0.5.
     x = 0.5
     assert result.p_value == pytest.approx(1 - np.sqrt(x) * (3 - x) / 2, abs=1e-12)  # 0.11611652
-    assert marker(result.p_value) == ""
+    assert marker(result.p_value, 0.2) == ""
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -86,6 +87,8 @@ def test_degenerate_pairs():
     assert np.isnan(paired_test(X[:1], Y[:1]).p_value)
     with pytest.raises(CSRecError, match="ttest, wilcoxon, randomisation"):
         paired_test(X, Y, "sign")
+    with pytest.raises(CSRecError, match="per-user test 'bootstrap'"):
+        paired_test(X, Y, "bootstrap")
     with pytest.raises(CSRecError, match="equal length"):
         paired_test(X, Y[:4])
 
@@ -103,7 +106,14 @@ def test_holm_by_hand():
 @pytest.mark.parametrize("p, expected", [(0.001, "**"), (0.049, "**"), (0.05, "*"), (0.099, "*"), (0.1, ""),
                                          (0.5, ""), (float("nan"), "")])
 def test_marker_thresholds(p, expected):
-    assert marker(p) == expected
+    assert marker(p, 0.01) == expected
+
+
+@pytest.mark.parametrize("p, expected", [(0.001, "↓"), (0.049, "↓"), (0.05, ""), (0.099, ""), (float("nan"), "")])
+def test_a_worse_method_gets_no_improvement_marker(p, expected):
+    # The paper's caption: ** and * mark significant improvements; a significant deterioration has its own mark.
+    assert marker(p, -0.01) == expected
+    assert marker(p, 0.0) == "" and marker(0.01, float("nan")) == ""
 
 
 def _per_user_frame() -> pd.DataFrame:
@@ -120,6 +130,18 @@ def test_per_user_metrics_by_hand():
     assert list(plus.index) == [0, 2, 4]
     np.testing.assert_allclose(plus, [1, 1 / np.log2(11), 1 / np.log2(3)])
     assert len(per_user_metric(frame, "recall@10", split="valid")) == 1
+
+
+def test_per_user_metrics_read_ties_and_old_files_read_as_none():
+    frame = _per_user_frame().assign(ties=[1, 0, 2, 0, 0, 0])
+    # user 0: positions 0 or 1 at random; user 2: positions 9, 10, 11 -> recall@10 1/3
+    np.testing.assert_allclose(per_user_metric(frame, "recall@10"), [1, 1, 1 / 3, 0, 1])
+    np.testing.assert_allclose(per_user_metric(frame, "ndcg@10"),
+                               [(1 + 1 / np.log2(3)) / 2, 0.5, 1 / np.log2(11) / 3, 0, 1 / np.log2(3)])
+    np.testing.assert_allclose(per_user_metric(frame, "recall@10", ties="pessimistic"), [1, 1, 0, 0, 1])
+    np.testing.assert_allclose(per_user_metric(_per_user_frame(), "recall@10", ties="pessimistic"), [1, 1, 1, 0, 1])
+    with pytest.raises(CSRecError, match="ties 'optimistic'"):
+        per_user_metric(frame, "recall@10", ties="optimistic")
 
 
 def test_per_user_means_equal_the_evaluation_metrics():
@@ -152,6 +174,73 @@ def test_align_and_mean_over_runs_join_on_users():
     np.testing.assert_allclose(mean, [0.5, 0.6])
     with pytest.raises(CSRecError):
         mean_over_runs([])
+
+
+def test_two_level_bootstrap_seed_level_by_hand():
+    # Users alike, so only seeds matter. a's seeds 1 and 3: deviations +-1 from the mean 2, scaled by
+    # sqrt(S / (S - 1)) = sqrt(2); a resampled two-seed mean is 2 - sqrt2, 2, 2 + sqrt2 with chances
+    # 1/4, 1/2, 1/4. b's seeds 0 and 2: 1 - sqrt2, 1, 1 + sqrt2 alike. d = 1 + (i - j) sqrt2 with
+    # i, j in {-1, 0, 1}: d <= 0 iff i - j <= -1, chance 1/8 + 1/8 + 1/16 = 5/16, so p = 2 * 5/16.
+    # The extremes 1 -+ 2 sqrt2 have chance 1/16 > 2.5% each: they are the 95% interval.
+    a = np.array([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])
+    b = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    result = two_level_bootstrap(a, b, n_resamples=20000, seed=1)
+    assert result.difference == pytest.approx(1.0) and result.n_users == 3
+    assert result.p_value == pytest.approx(0.625, abs=0.02)  # 4 standard errors of 20,000 draws
+    assert (result.low, result.high) == pytest.approx((1 - 2 * np.sqrt(2), 1 + 2 * np.sqrt(2)), abs=1e-12)
+    assert two_level_bootstrap(a, b, n_resamples=500, seed=1) == two_level_bootstrap(a, b, n_resamples=500, seed=1)
+
+
+def test_two_level_bootstrap_pairs_users():
+    # No seed variance; per-user differences are [1, 1]: every resample of the same users gives 1.
+    # (Resampling the users of a and b apart would spread d over 0..2.) p = 2 (0 + 1) / (B + 1).
+    a = np.array([[1.0, 3.0], [1.0, 3.0]])
+    b = np.array([[0.0, 2.0], [0.0, 2.0]])
+    result = two_level_bootstrap(a, b, n_resamples=999, seed=0)
+    assert (result.difference, result.low, result.high) == pytest.approx((1.0, 1.0, 1.0))
+    assert result.p_value == pytest.approx(2 / 1000)
+    assert two_level_bootstrap(a, a, n_resamples=99).p_value == 1.0
+    with pytest.raises(CSRecError, match=">= 2 seeds"):
+        two_level_bootstrap(a[:1], b)
+    with pytest.raises(CSRecError, match="same users"):
+        two_level_bootstrap(a, b[:, :1])
+
+
+def _experiment(rng: np.random.Generator, n_seeds: int, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed per-user values of two methods with a true mean difference of 0.1: users differ in
+    difficulty (shared) and a little in the method's effect; each seed shifts all its users."""
+    user = rng.normal(0.0, 0.2, n_users)  # [U]
+    effect = 0.1 + rng.normal(0.0, 0.05, n_users)  # [U]
+    a = 0.2 + user + effect + rng.normal(0.0, 0.05, (n_seeds, 1)) + rng.normal(0.0, 0.1, (n_seeds, n_users))
+    b = 0.2 + user + rng.normal(0.0, 0.05, (n_seeds, 1)) + rng.normal(0.0, 0.1, (n_seeds, n_users))
+    return a, b
+
+
+def test_two_level_bootstrap_covers_the_true_difference():
+    # 200 simulated experiments, 10 seeds a method, seed variance larger than the users' share of
+    # the error: about 95% of the intervals hold the true difference 0.1 (binomial sd 1.5 points).
+    # An interval over users alone (seeds averaged first) ignores the seed variance and misses.
+    rng = np.random.default_rng(0)
+    covered, per_user = 0, 0
+    for experiment in range(200):
+        a, b = _experiment(rng, n_seeds=10, n_users=100)
+        result = two_level_bootstrap(a, b, n_resamples=400, seed=experiment)
+        covered += result.low <= 0.1 <= result.high
+        users_only = effect_size(a.mean(axis=0), b.mean(axis=0), n_resamples=400, seed=experiment)
+        per_user += users_only.low <= 0.1 <= users_only.high
+    assert 0.90 <= covered / 200 <= 0.99
+    assert per_user / 200 < 0.6
+
+
+def test_seed_ttest_is_the_paired_t_test_of_per_seed_means():
+    a, b = _experiment(np.random.default_rng(3), n_seeds=6, n_users=30)
+    statistic, p_value = seed_ttest(a, b)
+    expected = stats.ttest_rel(a.mean(axis=1), b.mean(axis=1))
+    assert (statistic, p_value) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+    assert all(np.isnan(seed_ttest(a[:4], b[:4])))  # fewer than 5 seeds: no test
+    assert seed_ttest(a, a) == (0.0, 1.0)
+    with pytest.raises(CSRecError, match="same seeds"):
+        seed_ttest(a, b[:5])
 
 
 def test_effect_size_bootstrap():

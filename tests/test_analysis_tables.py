@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import build_table, cell_numbers, collect, comparison_table, comparisons, select
+from analysis import build_table, cell_numbers, collect, comparison_table, comparisons, select, to_markdown
 from analysis.collect import config_label
+from analysis.tables import DATASET_NAMES, METHOD_NAMES
 from analysis.significance import per_user_metric
 from csrec.errors import CSRecError
 from csrec.evaluate import compute_metrics
@@ -54,13 +55,20 @@ def _ranks(split: str, dataset: str, model: str, gain: int, seed: int) -> np.nda
     return np.maximum(rank, 1).astype(np.int64)
 
 
+def _ties(split: str, dataset: str) -> np.ndarray:
+    """On Last.FM a few users whose target ties with other items (3 of them, or 1 in validation)."""
+    u = np.arange(N_USERS)
+    return np.where((u % 9 == 4) & (dataset == "lastfm"), 1 if split == "valid" else 3, 0).astype(np.int64)
+
+
 def _ratings(dataset: str) -> np.ndarray | None:
     return (1.0 + (np.arange(N_USERS) * 7) % 5) if dataset == "ml-100k" else None
 
 
 def write_trial(store: Store, dataset: str, model: str, method: str, params: dict, seed: int, stage: str,
-                gains: tuple[int, int]) -> str:
-    """One finished trial as the runner writes it: result.json + per_user.parquet + meta.json."""
+                gains: tuple[int, int], with_ties: bool = True) -> str:
+    """One finished trial as the runner writes it: result.json + per_user.parquet + meta.json
+    (`with_ties=False`: as written before ties were recorded, no ties column)."""
     record = {"dataset": dataset, "model": model, "method": method, "seed": seed, "stage": stage,
               "params": {"alpha": None, "beta": None, "temperature": None} | params}
     key = config_key(record)
@@ -68,10 +76,12 @@ def write_trial(store: Store, dataset: str, model: str, method: str, params: dic
     frames, metrics = [], {}
     for split, gain in zip(("valid", "test"), gains):
         ranks = _ranks(split, dataset, model, gain if method != "base" else 0, seed)
-        metrics[split] = compute_metrics(ranks, ratings)
-        frames.append(pd.DataFrame({"split": split, "sequence": np.arange(N_USERS), "user": [f"u{i}" for i in range(N_USERS)],
-                                    "target": 1 + np.arange(N_USERS) % 30, "rank": ranks,
-                                    "rating": ratings if ratings is not None else np.nan, "input_length": 5}))
+        ties = _ties(split, dataset) if with_ties else np.zeros(N_USERS, dtype=np.int64)
+        metrics[split] = compute_metrics(ranks, ratings, ties=ties)
+        frame = pd.DataFrame({"split": split, "sequence": np.arange(N_USERS), "user": [f"u{i}" for i in range(N_USERS)],
+                              "target": 1 + np.arange(N_USERS) % 30, "rank": ranks, "ties": ties,
+                              "rating": ratings if ratings is not None else np.nan, "input_length": 5})
+        frames.append(frame if with_ties else frame.drop(columns="ties"))
     result = record | {"key": key, "best_epoch": 3} | metrics
 
     def fill(folder: Path) -> None:
@@ -298,7 +308,7 @@ def test_table_options_and_errors(experiment, tmp_path):
     holm_md = comparison_table(experiment, correction="holm", test="wilcoxon")
     assert "Holm-adjusted across the table's 32 comparisons" in holm_md and "Wilcoxon" in holm_md
     assert "(1000 resamples, seed 3)" in comparison_table(experiment, test="randomisation", n_resamples=1000, seed=3)
-    assert "against Base" in comparison_table(experiment, versus="base")
+    assert "better than Base" in comparison_table(experiment, versus="base")
     for kwargs, message in [({"fmt": "html"}, "md, latex, csv"), ({"metrics": ("ndcg@15",)}, "not in the results"),
                             ({"metrics": ("hits@10",)}, "name@k"), ({"versus": "csrec"}, "versus"),
                             ({"correction": "bonferroni"}, "holm"), ({"selection_metric": "ndcg@15"}, "selection")]:
@@ -320,3 +330,128 @@ def test_analysis_never_imports_torch_or_ray(experiment):
     done = subprocess.run([sys.executable, "-c", code, str(experiment)], cwd=Path(__file__).parents[1],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _shown_markers(markdown: str) -> dict[tuple[str, str, int], str]:
+    """(dataset, method, column) -> the mark printed after the number ('**', '*', '↓' or '')."""
+    marks = {}
+    for (dataset, method), row in _markdown_cells(markdown).items():
+        for i, text in enumerate(row):
+            mark = text.split("**")[-1] if text.startswith("**") else text.lstrip("0123456789.")
+            marks[(dataset, method, i)] = mark.replace("\\*", "*").replace("†", "")
+    return marks
+
+
+@pytest.mark.parametrize("test, correction", [("ttest", None), ("ttest", "holm"), ("bootstrap", None)])
+def test_every_marker_is_the_claim_the_legend_makes(experiment, test, correction):
+    table = build_table(collect(experiment), test=test, correction=correction, n_resamples=500)
+    marks = _shown_markers(to_markdown(table))
+    columns = [(m, x) for m in table.models for x in table.metrics]
+    checked = 0
+    for row in table.cells[table.cells["n_runs"] > 0].itertuples(index=False):
+        shown = marks[(DATASET_NAMES[row.dataset], METHOD_NAMES[row.method], columns.index((row.model, row.metric)))]
+        p, difference = row.p_adjusted, row.mean_difference
+        if shown == "**":
+            assert p < 0.05 and difference > 0
+        elif shown == "*":
+            assert 0.05 <= p < 0.1 and difference > 0
+        elif shown == "↓":
+            assert p < 0.05 and difference < 0
+        else:
+            assert not p < 0.1 or (difference < 0 and not p < 0.05) or np.isnan(p)
+        versus = table.cells[(table.cells["dataset"] == row.dataset) & (table.cells["model"] == row.model)
+                             & (table.cells["metric"] == row.metric) & (table.cells["method"] == "softrec")]
+        if shown and len(versus) and versus["n_runs"].item():  # the sign is that of the numbers shown
+            assert np.sign(row.mean - versus["mean"].item()) == (1 if shown != "↓" else -1)
+        checked += bool(shown)
+    assert checked >= 8
+    # Base is worse than SoftRec everywhere here: never an improvement marker, a deterioration mark instead
+    base = [mark for (dataset, method, i), mark in marks.items() if method == "Base" and mark]
+    assert base and set(base) == {"↓"}
+    note = to_markdown(table).splitlines()[-1]
+    assert "significantly better than SoftRec" in note and "↓ p < 0.05: significantly worse" in note
+    assert ("Holm-adjusted" in note) == (correction == "holm")
+    assert ("two-level paired bootstrap (500 resamples, seed 0)" in note) == (test == "bootstrap")
+    assert "ties with the target broken at random" in note and "search run and its seed reruns" in note
+
+
+def test_seed_aware_tests_need_their_seeds(experiment, tmp_path):
+    bootstrap = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",), test="bootstrap",
+                            n_resamples=300).set_index(["dataset", "model", "method"])
+    one_seed = bootstrap.loc[("lastfm", "sasrec", "csrec-m")]  # no reruns: one seed a method
+    assert np.isnan(one_seed["p_value"]) and one_seed["marker"] == "" and one_seed["n_seeds"] == 1
+    three = bootstrap.loc[("lastfm", "gru4rec", "csrec-m")]
+    assert three["n_seeds"] == 3 and three["ci_low"] <= three["mean_difference"] <= three["ci_high"]
+    seed_t = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",), test="seed-ttest")
+    assert seed_t["p_value"].isna().all()  # three seeds: below the 5 the seed-level test needs
+    assert "needs >= 5 common seeds" in comparison_table(experiment, test="seed-ttest")
+    # six seeds of two methods: the seed-level test is scipy's paired t-test of the per-seed means
+    store = Store(tmp_path / "store")
+    for seed in range(6):
+        for method, gains in (("softrec", (2, 2)), ("csrec-m", (5, 5 + seed % 3))):
+            write_trial(store, "lastfm", "gru4rec", method, {"beta": 0.5}, seed, "search" if seed == 0 else "seeds", gains)
+    collection = collect(tmp_path)
+    row = comparisons(collection, select(collection), ("ndcg@10",), test="seed-ttest").iloc[0]
+    chosen = select(collection)
+    means = {m: [per_user_metric(collection.per_user(k), "ndcg@10").mean() for k in chosen[("lastfm", "gru4rec", m)].keys]
+             for m in ("softrec", "csrec-m")}
+    expected = stats.ttest_rel(means["csrec-m"], means["softrec"])
+    assert row["n_seeds"] == 6 and row["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
+
+
+def test_exclude_search_run_reports_the_reruns_only(experiment):
+    collection = collect(experiment)
+    table = build_table(collection, exclude_search_run=True)
+    cells = table.cells.set_index(["dataset", "model", "method", "metric"])
+    test = collection.results[(collection.results["split"] == "test") & (collection.results["metric"] == "recall@10")]
+    for method, configs in (("csrec-m", 2), ("base", 1)):
+        sel = select(collection)[("lastfm", "gru4rec", method)]
+        reruns = test[test["key"].isin(sel.keys) & (test["stage"] == "seeds")]["value"]
+        row = cells.loc[("lastfm", "gru4rec", method, "recall@10")]
+        assert (row["n_runs"], row["source"], row["n_configs"]) == (2, "reruns", configs)
+        assert row["mean"] == pytest.approx(reruns.mean()) and row["std"] == pytest.approx(reruns.std(ddof=1))
+    assert (cells.xs(("lastfm", "sasrec"), level=[0, 1])["n_runs"] == 0).all()  # no reruns there
+    note = to_markdown(table).splitlines()[-1]
+    assert "the search run that won the selection (seed 0) left out" in note
+    assert "selected on validation from SoftRec 2, CSRec-M 2 configurations" in note
+    assert "—: no finished trial or no seed rerun" in note
+    shown = _markdown_cells(to_markdown(table))
+    assert shown[("Last.FM", "CSRec-M")][2:] == ["—", "—"]
+
+
+def test_ties_rule_is_applied_to_every_number(experiment, tmp_path):
+    collection = collect(experiment)
+    chosen = select(collection)
+    expected = cell_numbers(collection, chosen, "ndcg@10").set_index(["dataset", "model", "method"])
+    pessimistic = cell_numbers(collection, chosen, "ndcg@10", ties="pessimistic").set_index(["dataset", "model", "method"])
+    # under the default rule each run's number is its result.json number (written with the same rule)
+    test = collection.results[(collection.results["split"] == "test") & (collection.results["metric"] == "ndcg@10")]
+    keys = chosen[("lastfm", "gru4rec", "softrec")].keys
+    assert expected.loc[("lastfm", "gru4rec", "softrec"), "mean"] == pytest.approx(
+        test.set_index("key").loc[list(keys), "value"].mean(), rel=1e-12)
+    assert (pessimistic["mean"] <= expected["mean"] + 1e-15).all()
+    assert (pessimistic["mean"] < expected["mean"]).any()  # Last.FM's users with ties
+    ml = [c for c in expected.index if c[0] == "ml-100k"]  # no ties there
+    assert np.allclose(pessimistic.loc[ml, "mean"], expected.loc[ml, "mean"], rtol=1e-12)
+    frame = pd.read_csv(io.StringIO(comparison_table(experiment, fmt="csv", ties="pessimistic")))
+    assert (frame["ties"] == "pessimistic").all()
+    assert "ties with the target counted against it" in comparison_table(experiment, ties="pessimistic")
+    with pytest.raises(CSRecError, match="ties"):
+        comparison_table(experiment, ties="optimistic")
+    # a run written before ties were recorded says so in the legend
+    store = Store(tmp_path / "store")
+    for method in ("base", "softrec"):
+        write_trial(store, "lastfm", "gru4rec", method, {}, 0, "search", (1, 1), with_ties=False)
+    assert "2 of the 2 runs were evaluated before ties were recorded" in comparison_table(tmp_path)
+
+
+def test_cli_table_names_its_options(experiment, capsys):
+    import launch
+
+    assert launch.main(["table", str(experiment), "--test", "bootstrap", "--exclude-search-run",
+                        "--ties", "pessimistic"]) == 0
+    out = capsys.readouterr().out
+    assert "two-level paired bootstrap" in out and "left out" in out and "counted against it" in out
+    with pytest.raises(SystemExit):
+        launch.main(["table", str(experiment), "--test", "z-test"])
+    assert "seed-ttest" in capsys.readouterr().err
