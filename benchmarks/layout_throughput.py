@@ -32,7 +32,7 @@ from csrec.models import MODELS, build_model
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {
     "lastfm": DataConfig(path=str(SHARED / "lastfm.csv"), max_len=20, overlap_head=True),
-    "beauty": DataConfig(path=str(SHARED / "Beauty.txt"), protocol="user_loo", max_len=50),
+    "beauty": DataConfig(path=str(SHARED / "beauty.txt"), protocol="user_loo", max_len=50),
 }
 
 

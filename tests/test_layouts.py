@@ -162,7 +162,21 @@ def test_batches_count_targets_or_sequences_and_cover_every_pair_once(tiny_data)
     assert all(torch.equal(a.index, b.index) for a, b in zip(by_targets, again))
 
 
-def _fit(data, train, config, checkpoint=None, interrupt_after=None, name="gru4rec"):
+class StopMidEpoch(CrossEntropy):
+    """Cross entropy that stops the run (as a kill would) at its n-th call: mid-epoch."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, logits, batch):
+        self.calls -= 1
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        return super().forward(logits, batch)
+
+
+def _fit(data, train, config, checkpoint=None, interrupt_after=None, name="gru4rec", objective=None):
     seed_everything(7)
     model = build_model(name, data.n_items, data.max_len)
 
@@ -171,7 +185,7 @@ def _fit(data, train, config, checkpoint=None, interrupt_after=None, name="gru4r
             raise KeyboardInterrupt
 
     result = fit(model, train, validator(validation_samples(data), exclude_history=False), config,
-                 checkpoint_path=checkpoint, on_epoch_end=stop)
+                 objective=objective, checkpoint_path=checkpoint, on_epoch_end=stop)
     return result, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -192,6 +206,14 @@ def test_sequence_layout_resumes_to_the_identical_model(tiny_data, tmp_path):
         _fit(tiny_data, rows, config, checkpoint, interrupt_after=2)
     resumed, resumed_weights = _fit(tiny_data, rows, config, checkpoint)
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
+    assert all(torch.equal(resumed_weights[k], v) for k, v in reference_weights.items())
+    # Stopped mid-epoch (epoch 3's second batch): the resume redoes epoch 3 from epoch 2's checkpoint.
+    mid = tmp_path / "mid.pt"
+    batches_per_epoch = len(list(TrainingData(rows, torch.device("cpu")).batches(32, "targets", 0, 1)))
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, rows, config, mid, objective=StopMidEpoch(2 * batches_per_epoch + 2))
+    assert torch.load(mid, weights_only=True)["state"]["epoch"] == 2
+    resumed, resumed_weights = _fit(tiny_data, rows, config, mid)
     assert all(torch.equal(resumed_weights[k], v) for k, v in reference_weights.items())
     with pytest.raises(CSRecError, match="layout: sequence -> prefix"):  # another layout's checkpoint
         _fit(tiny_data, training_samples(tiny_data), dataclasses.replace(config, layout="prefix"), checkpoint)
