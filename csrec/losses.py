@@ -47,6 +47,15 @@ def tempered_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.pad(real, (1, 0))  # [..., N]
 
 
+def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(e / T) over the real items, the log of `tempered_softmax` computed without
+    underflow: [..., N], finite on the real items, -inf on the padding column."""
+    if not temperature > 0:
+        raise CSRecError(f"temperature T must be > 0, got {temperature}")
+    real = torch.log_softmax(logits[..., 1:] / temperature, dim=-1)  # [..., N - 1]
+    return F.pad(real, (1, 0), value=float("-inf"))  # [..., N]
+
+
 def soft_label(teacher_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Eq. 14: r = 1/2 (softmax(e / T) + onehot(target)).
 
@@ -70,6 +79,21 @@ def kl_divergence(p: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor | No
     return rows.clamp_min(0.0).mean()
 
 
+def log_soft_label(teacher_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log r of Eq. 14, exactly, from the teacher's log-probabilities (`tempered_log_softmax`).
+
+    teacher_log_probs [B, N] = log softmax(e / T), targets [B] -> log r [B, N]:
+    log r_j = log p_j - log 2 for j other than the target i, log r_i = log((p_i + 1) / 2). Finite
+    however sharp the teacher, where log(r) from probabilities would meet p_j = 0 (underflow) and
+    need a floor. The padding column (log p = -inf) is set to the dtype's lowest finite value: the
+    student's probability there is exactly 0, so it adds 0 to KL(P_f || r) and no NaN to its gradient.
+    """
+    log_r = teacher_log_probs - math.log(2.0)  # [B, N]
+    at_target = teacher_log_probs.gather(1, targets.view(-1, 1))  # [B, 1] log p_i
+    log_r = log_r.scatter(1, targets.view(-1, 1), torch.log1p(at_target.exp()) - math.log(2.0))
+    return log_r.clamp_min(torch.finfo(log_r.dtype).min)
+
+
 def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
     """log of a probability table that may hold zeros, floored at the dtype's smallest normal.
 
@@ -82,13 +106,17 @@ def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
 
 
 def student_loss(student_logits: torch.Tensor, targets: torch.Tensor, soft_labels: torch.Tensor,
-                 beta: float, kl_direction: str = "reference") -> torch.Tensor:
+                 beta: float, kl_direction: str = "reference",
+                 log_soft_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 15: l_s = (1 - beta) l_ce + beta KL, mean over the batch.
 
     student_logits [B, N], targets [B], soft_labels r [B, N] from `soft_label` -> scalar.
     kl_direction "reference" (default) is KL(r || P_f), what the authors' code computes (standard
-    distillation); "paper" is KL(P_f || r) as Eq. 15 is written. The soft labels are detached: the
-    teachers never receive gradient from the student. beta = 0 is exactly l_ce; beta = 1 the KL alone.
+    distillation); "paper" is KL(P_f || r) as Eq. 15 is written, which needs log r: give it exactly
+    as `log_soft_labels` (`log_soft_label`); without it log r is taken from r, floored at the
+    dtype's smallest normal (`log_probs_of`), which is wrong where a sharp teacher underflowed.
+    The soft labels are detached: the teachers never receive gradient from the student. beta = 0
+    is exactly l_ce; beta = 1 the KL alone.
     """
     _check_unit_interval("beta", beta)
     if kl_direction not in KL_DIRECTIONS:
@@ -100,17 +128,21 @@ def student_loss(student_logits: torch.Tensor, targets: torch.Tensor, soft_label
     if kl_direction == "reference":
         kl = kl_divergence(r, log_p)
     else:
-        kl = kl_divergence(log_p.exp(), log_probs_of(r), log_p=log_p)
+        log_r = log_probs_of(r) if log_soft_labels is None else log_soft_labels.detach()  # [B, N]
+        kl = kl_divergence(log_p.exp(), log_r, log_p=log_p)
     if beta == 1.0:
         return kl
     return (1.0 - beta) * cross_entropy(student_logits, targets) + beta * kl
 
 
-def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tensor, teacher_probs: torch.Tensor,
-                              beta: float, kl_direction: str = "reference") -> torch.Tensor:
+def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tensor, teacher_probs: torch.Tensor | None,
+                              beta: float, kl_direction: str = "reference",
+                              teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 14 and 15 together: `student_loss(student_logits, targets, soft_label(teacher_probs, targets), ...)`.
 
-    student_logits [B, N], targets [B], teacher_probs softmax(e / T) [B, N] -> scalar. In the
+    student_logits [B, N], targets [B], teacher_probs softmax(e / T) [B, N] -> scalar.
+    teacher_log_probs [B, N] (`tempered_log_softmax`), optional, makes the "paper" direction exact
+    (`log_soft_label`) however sharp the teacher; teacher_probs may then be None (its exp). In the
     reference direction the loss is a cross entropy against one target distribution plus a term
     that does not depend on the student:
         (1 - beta) CE + beta KL(r || P_f) = -sum_j q_j log P_f(j) + beta sum_j r_j log r_j,
@@ -118,8 +150,13 @@ def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tenso
     which takes a few passes over the [B, N] scores instead of about fifteen (same value and
     gradient; `tests/test_losses.py` checks both). The "paper" direction goes the general way.
     """
+    if teacher_probs is None:
+        if teacher_log_probs is None:
+            raise ValueError("give teacher_probs or teacher_log_probs")
+        teacher_probs = teacher_log_probs.exp()  # [B, N]
     if kl_direction != "reference" or beta == 0.0:
-        return student_loss(student_logits, targets, soft_label(teacher_probs, targets), beta, kl_direction)
+        log_r = None if teacher_log_probs is None else log_soft_label(teacher_log_probs.detach(), targets)
+        return student_loss(student_logits, targets, soft_label(teacher_probs, targets), beta, kl_direction, log_r)
     _check_unit_interval("beta", beta)
     p = teacher_probs.detach()  # [B, N]
     q = p * (0.5 * beta)  # [B, N]

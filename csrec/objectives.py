@@ -101,6 +101,9 @@ class SoftLabelStudent(nn.Module):
         super().__init__()
         if (teacher is None) == (popularity is None):
             raise ValueError("give exactly one of teacher and popularity")
+        if weights is not None and (teacher is None or ensemble != "mean_probs"):
+            # mean_logits is the paper's plain mean (FrozenTeachers.mean_logits): weights would be ignored
+            raise ValueError(f"ensemble weights {weights} apply to the mean_probs ensemble of teachers only")
         self.beta, self.temperature, self.kl_direction = beta, temperature, kl_direction
         self.teacher, self.ensemble, self.weights = teacher, ensemble, weights
         if popularity is not None:  # the same distribution for every input: computed once

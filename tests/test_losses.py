@@ -54,7 +54,8 @@ def test_kl_divergence_is_zero_for_identical_and_never_negative():
     torch.manual_seed(0)
     z = torch.randn(5, 7).index_fill(1, torch.tensor([0]), PADDING_SCORE)
     log_p = torch.log_softmax(z, dim=-1)
-    assert losses.kl_divergence(log_p.exp(), log_p).item() == 0.0
+    # from probabilities, log(exp(x)) need not give x back to the last bit: zero up to float32 rounding
+    assert losses.kl_divergence(log_p.exp(), log_p).item() == pytest.approx(0.0, abs=1e-7)
     assert losses.kl_divergence(log_p.exp(), log_p, log_p=log_p).item() == 0.0
     for seed in range(30):
         torch.manual_seed(seed)
@@ -112,6 +113,48 @@ def test_paper_direction_stays_finite_when_the_teacher_underflows():
     loss = losses.student_loss(student, torch.tensor([2]), r, 0.5, "paper")
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+
+
+def test_log_soft_label_is_the_log_of_the_soft_label():
+    torch.manual_seed(4)
+    e = torch.randn(3, 7, dtype=torch.float64).index_fill(1, torch.tensor([0]), PADDING_SCORE)
+    targets = torch.tensor([1, 6, 3])
+    log_p = losses.tempered_log_softmax(e, 3.0)
+    assert torch.isneginf(log_p[:, 0]).all()
+    torch.testing.assert_close(log_p[:, 1:].exp(), losses.tempered_softmax(e, 3.0)[:, 1:], rtol=1e-12, atol=0)
+    log_r = losses.log_soft_label(log_p, targets)
+    r = losses.soft_label(losses.tempered_softmax(e, 3.0), targets)
+    torch.testing.assert_close(log_r[:, 1:], r[:, 1:].log(), rtol=1e-12, atol=1e-12)
+    assert (log_r[:, 0] == torch.finfo(torch.float64).min).all()  # padding: finite, and P_f is 0 there
+
+
+def test_exact_paper_kl_equals_the_formula_on_a_very_sharp_teacher():
+    # The teacher puts exp(-250) and exp(-350) on items 2 and 3: exactly 0 in float32, so log r from
+    # probabilities is floored at log(tiny / 2), about -88, where the formula has log p_j - log 2.
+    teacher = torch.tensor([[PADDING_SCORE, 0.0, -250.0, -350.0, 50.0, 10.0]])
+    student = torch.tensor([[PADDING_SCORE, 0.3, 0.1, -0.2, 1.0, 0.5]], requires_grad=True)
+    target = torch.tensor([4])
+    log_p = losses.tempered_log_softmax(teacher, 1.0)
+    probs = losses.tempered_softmax(teacher, 1.0)
+    assert probs[0, 2].item() == 0.0 and probs[0, 3].item() == 0.0
+    # By hand, in float64: KL(P_f || r) = sum_j q_j (log q_j - log r_j), q = softmax(student) over the items.
+    t64 = torch.log_softmax(teacher[0, 1:].double(), 0)  # log p_j
+    q = torch.softmax(student[0, 1:].detach().double(), 0)
+    log_r = t64 - math.log(2.0)
+    log_r[3] = math.log((t64[3].exp().item() + 1.0) / 2.0)  # the target, item 4
+    by_hand = float((q * (q.log() - log_r)).sum())
+    exact = losses.student_loss_from_teacher(student, target, probs, 1.0, "paper", teacher_log_probs=log_p)
+    assert exact.item() == pytest.approx(by_hand, rel=1e-5)
+    assert by_hand > 40  # items 2 and 3 weigh about q_j * 250 each
+    floored = losses.student_loss_from_teacher(student, target, probs, 1.0, "paper")
+    assert floored.item() < by_hand - 20  # the floor understates it badly
+    exact.backward()
+    assert torch.isfinite(student.grad).all()
+    mixed = losses.student_loss_from_teacher(student, target, None, 0.5, "paper", teacher_log_probs=log_p)
+    assert mixed.item() == pytest.approx(0.5 * losses.cross_entropy(student, target).item() + 0.5 * exact.item(), rel=1e-5)
+    # the reference direction does not need log r: the same value with or without the log-probabilities
+    assert losses.student_loss_from_teacher(student, target, probs, 0.5, teacher_log_probs=log_p).item() == \
+        pytest.approx(losses.student_loss_from_teacher(student, target, probs, 0.5).item(), rel=1e-6)
 
 
 def test_invalid_beta_alpha_and_direction_raise():

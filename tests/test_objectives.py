@@ -84,6 +84,19 @@ def test_popularity_teacher_is_the_same_for_every_input(tiny_data):
     assert probs[0, -1] > probs[0, 1]  # the most frequent item gets the largest soft label
 
 
+def test_ensemble_weights_are_used_or_refused(tiny_data):
+    teachers = _models(tiny_data, [1, 2])
+    cache = FrozenTeachers(teachers, training_samples(tiny_data))
+    weighted = SoftLabelStudent(0.5, 3.0, teacher=cache, ensemble="mean_probs", weights=[0.9, 0.1])
+    index = torch.tensor([0, 2])
+    expected = ensemble_probs(cache.logits(index), 3.0, "mean_probs", [0.9, 0.1])
+    assert torch.allclose(weighted.teacher_probs(index), expected)
+    with pytest.raises(ValueError, match="mean_probs"):  # the paper's mean of logits has no weights
+        SoftLabelStudent(0.5, 3.0, teacher=cache, weights=[0.9, 0.1])
+    with pytest.raises(ValueError, match="mean_probs"):
+        SoftLabelStudent(0.5, 3.0, popularity=torch.zeros(tiny_data.n_items + 1), weights=[1.0])
+
+
 def test_training_level_objective_trains_the_noise_matrix(tiny_data):
     (side,) = _models(tiny_data, [3])
     train = training_samples(tiny_data)

@@ -20,6 +20,14 @@ Two parametrisations (`parametrization`):
   column-normalised sigmoid whenever c_j has caught up with the column's current maximum, and the
   noise term is then an upper bound of the normalised one. It is a bound, not a normalisation;
   the exact column maximum would cost the full n x n product every step.
+  Its limit carries no signal: c_j is a constant for autograd, so nothing holds a column's mass
+  down, and the term's gradient, -P_g1(j | s) (1 - sigmoid((M N)[i, j])) on (M N)[i, j], raises
+  every entry of every observed row. Training drives sigmoid(M N) to 1, c_j to 0 and h(i, j) to
+  1 / n for all i, j: uniform. The term is then log n whatever P_g1 is (P_g1 sums to 1), and its
+  gradient to the main teacher vanishes; it acts only while h is still far from uniform. (The
+  noise term alone, n = 50, rank 8, Adam lr 1e-2: n h lies in [0.71, 1] at the start and in
+  [0.999, 1] after 1,000 steps, the term at log n.) Use "stochastic" for a noise model that
+  learns P(i | j).
   M and N are initialised with Xavier-uniform as there. (Our reading of the authors' code: the
   prior model that returns the column maximum is not in the version we could read, and the
   trainers/loss.py of commit 1152cec computes this term but leaves it out of the returned loss.)
