@@ -6,7 +6,8 @@ experiment runs: a trial directory without a valid meta.json (or whose files do 
 checksums) is unfinished and listed as such, never read and never removed (that is the runner's job).
 
 A cell is (dataset, model, method); a configuration is one grid point of a cell, named by its
-hyperparameters ("beta=0.5 temperature=3.0"; Base has none and is "default").
+hyperparameters ("beta=0.5 temperature=3.0"; Base has none and is "default"). `per_user_metric`
+turns a run's per_user.parquet into per-user metric values (a run's number is their mean).
 """
 
 from __future__ import annotations
