@@ -70,3 +70,31 @@ def test_resolved_spec_round_trips(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(spec_to_yaml(spec))
     assert load_spec(again) == spec
+
+
+def test_a_spec_naming_the_same_file_elsewhere_is_the_same_experiment(tmp_path):
+    """Data sets count by content: a copy of the data file at another path (or a name that resolves
+    to it) opens the same experiment; a file with other content is another spec."""
+    import json
+    import shutil
+
+    from csrec.runner.experiment import Experiment
+
+    first = _spec(tmp_path)  # _spec writes tmp_path/spec.yaml: each call replaces the last
+    Experiment.open(first).initialise(first)
+    copy = tmp_path / "copy.csv"
+    shutil.copy(SMOKE.parent / "data" / "smoke.csv", copy)
+    moved = _spec(tmp_path, datasets__smoke__path=str(copy))
+    assert Experiment.open(moved).directory == tmp_path / "exp"
+    # An experiment recorded before (fingerprint by path) still opens from its own spec's data.
+    marker = tmp_path / "exp" / "experiment.json"
+    from csrec.runner.experiment import spec_fingerprint
+    known = json.loads(marker.read_text())
+    recorded = load_spec(tmp_path / "exp" / "spec.yaml")  # the first spec, as the experiment keeps it
+    marker.write_text(json.dumps(known | {"fingerprint": spec_fingerprint(recorded, by_content=False)}))
+    assert Experiment.open(moved).directory == tmp_path / "exp"
+    copy.write_text(copy.read_text() + "999,1\n")
+    from csrec.methods import data_fingerprint
+    data_fingerprint.cache_clear()  # hashes are cached per path for one process's life
+    with pytest.raises(Exception, match="holds the experiment of another spec"):
+        Experiment.open(_spec(tmp_path, datasets__smoke__path=str(copy)))

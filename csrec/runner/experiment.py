@@ -22,7 +22,7 @@ from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
 from csrec.datasets import check_unchanged
 from csrec.errors import CSRecError
 from csrec.jobs import MODELS
-from csrec.methods import Job, dependencies
+from csrec.methods import Job, data_fingerprint, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.tpe import run_tpe
 from csrec.runner.trials import TRIALS, best_points, record_stored, trial_result
@@ -78,7 +78,7 @@ class Experiment:
         fingerprint = spec_fingerprint(spec)
         if marker.is_file():
             known = json.loads(marker.read_text())
-            if known.get("fingerprint") != fingerprint:
+            if known.get("fingerprint") != fingerprint and not _recorded_spec_matches(directory, known, fingerprint):
                 raise CSRecError(
                     f"storage: {directory} holds the experiment of another spec ({known.get('spec')}); "
                     "give this spec its own storage directory, or resume that one"
@@ -122,9 +122,26 @@ def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
     return stores
 
 
-def spec_fingerprint(spec: ExperimentSpec) -> str:
+def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True) -> str:
+    """What makes two specs the same experiment: every field but the runtime ones, each data set by
+    its file's content (a name and a path to the same file, or a moved file, are the same data).
+    by_content=False gives the fingerprint of experiments made before that (data by path)."""
     raw = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _RUNTIME_KEYS}
+    if by_content:
+        for data in raw["datasets"].values():
+            data["path"] = data_fingerprint(data["path"])
     return config_key(raw)
+
+
+def _recorded_spec_matches(directory: Path, known: dict, fingerprint: str) -> bool:
+    """An experiment made before data sets counted by content: its recorded spec (spec.yaml) is the
+    one its fingerprint names, and by content it is the given spec's."""
+    try:
+        recorded = load_spec(directory / SPEC_FILE)
+    except CSRecError:
+        return False
+    return (spec_fingerprint(recorded, by_content=False) == known.get("fingerprint")
+            and spec_fingerprint(recorded) == fingerprint)
 
 
 def missing(jobs: list[Job], store: Store) -> list[Job]:
