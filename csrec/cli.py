@@ -68,7 +68,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="CSRec-T without the noise-matrix term (Fig. 7 ablation)")
     s.add_argument("--noise-parametrization", default="stochastic", choices=["stochastic", "reference"],
                    help="CSRec-T noise matrix h = M N: softmax factors whose columns sum to 1 (stochastic), "
-                        "or the reference code's sigmoid form")
+                        "or the reference code's sigmoid form (its detached column bound drives h to uniform, "
+                        "where the term carries no signal: kept to reproduce the reference)")
     s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
 
 

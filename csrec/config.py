@@ -124,6 +124,8 @@ class TeacherSettings:
     ensemble: Literal["mean_logits", "mean_probs"] = "mean_logits"  # paper | reference
     kl_direction: Literal["reference", "paper"] = "reference"  # KL(r || P_f) | KL(P_f || r)
     noise_term: bool = True  # csrec-t: the -sum_j log h(i, j) P_g1(j|s) term of Eq. 12 (Fig. 7)
+    # "reference": the authors' sigmoid form; its detached column bound drives h to uniform, where the
+    # noise term is log n and carries no signal at convergence (csrec.teachers.noise_matrix).
     noise_parametrization: Literal["stochastic", "reference"] = "stochastic"
 
     def __post_init__(self):

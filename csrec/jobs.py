@@ -24,7 +24,7 @@ from csrec.data import DataConfig, load_sequence_data
 from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
-from csrec.evaluate import evaluate, validator
+from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
@@ -99,7 +99,8 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     objective = build_objective(job, splits, store, device).to(device)
     exclude = job.data.resolved_exclude_history
 
-    validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size)
+    validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size,
+                         history=history_before_target(splits.data, "valid"))
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
@@ -111,8 +112,12 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
 
 def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool,
                  started: float) -> None:
-    valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size)
-    test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size)
+    # Every item before the target is masked under exclude_history, also the oldest of a merged
+    # window that the truncated input no longer holds (csrec.evaluate.history_before_target).
+    valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size,
+                     history=history_before_target(splits.data, "valid"))
+    test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size,
+                    history=history_before_target(splits.data, "test"))
     result = {
         "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch,
         "valid": valid.metrics(), "test": test.metrics(),

@@ -135,9 +135,23 @@ def student_loss(student_logits: torch.Tensor, targets: torch.Tensor, soft_label
     return (1.0 - beta) * cross_entropy(student_logits, targets) + beta * kl
 
 
+def soft_label_self_information(teacher_probs: torch.Tensor, targets: torch.Tensor,
+                                entropy: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j r_j log r_j for r = (p + onehot(i)) / 2 (Eq. 14), per row, from the teacher's entropy and
+    its target term: teacher_probs p [B, N], targets [B] -> [B]. It does not depend on the student:
+    a frozen teacher's value per training pair can be computed once (csrec.objectives). `entropy`
+    [B], optional: each row's H(p) when known (one distribution for every row, an expanded p)."""
+    p_target = teacher_probs.gather(1, targets.view(-1, 1)).squeeze(1)  # [B]
+    if entropy is None:
+        entropy = torch.special.entr(teacher_probs).sum(dim=-1)  # [B] H(p)
+    return (-0.5 * entropy - 0.5 * math.log(2.0) + torch.special.entr(0.5 * p_target)
+            - torch.special.entr(0.5 * (p_target + 1.0)))  # [B]
+
+
 def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tensor, teacher_probs: torch.Tensor | None,
                               beta: float, kl_direction: str = "reference",
-                              teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+                              teacher_log_probs: torch.Tensor | None = None,
+                              self_information: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 14 and 15 together: `student_loss(student_logits, targets, soft_label(teacher_probs, targets), ...)`.
 
     student_logits [B, N], targets [B], teacher_probs softmax(e / T) [B, N] -> scalar.
@@ -148,7 +162,9 @@ def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tenso
         (1 - beta) CE + beta KL(r || P_f) = -sum_j q_j log P_f(j) + beta sum_j r_j log r_j,
         q = (1 - beta / 2) onehot(i) + (beta / 2) softmax(e / T),
     which takes a few passes over the [B, N] scores instead of about fifteen (same value and
-    gradient; `tests/test_losses.py` checks both). The "paper" direction goes the general way.
+    gradient; `tests/test_losses.py` checks both). `self_information` [B], optional, is the second
+    term's sum_j r_j log r_j (`soft_label_self_information`) when the caller has it already: it then
+    costs nothing here. The "paper" direction goes the general way.
     """
     if teacher_probs is None:
         if teacher_log_probs is None:
@@ -161,12 +177,9 @@ def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tenso
     p = teacher_probs.detach()  # [B, N]
     q = p * (0.5 * beta)  # [B, N]
     q.scatter_add_(1, targets.view(-1, 1), q.new_full((len(targets), 1), 1.0 - 0.5 * beta))
-    # sum_j r_j log r_j with r = (p + onehot) / 2, from the teacher's entropy and its target term
-    p_target = p.gather(1, targets.view(-1, 1)).squeeze(1)  # [B]
-    half = torch.special.entr(p).sum(dim=-1)  # [B] H(p)
-    r_log_r = (-0.5 * half - 0.5 * math.log(2.0) + torch.special.entr(0.5 * p_target)
-               - torch.special.entr(0.5 * (p_target + 1.0)))  # [B]
-    return F.cross_entropy(student_logits, q) + beta * r_log_r.mean()
+    if self_information is None:
+        self_information = soft_label_self_information(p, targets)  # [B]
+    return F.cross_entropy(student_logits, q) + beta * self_information.mean()
 
 
 def noise_expectation(main_probs: torch.Tensor, log_noise_rows: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from csrec import losses
 from csrec.data.samples import Samples, TrainSequences
 from csrec.models.base import PADDING_SCORE, SequentialRecommender
-from csrec.teachers import NoiseMatrix, ensemble_probs, popularity_logits
+from csrec.teachers import NoiseMatrix, ensemble_probs, ensemble_weights, popularity_logits
 
 
 class CrossEntropy(nn.Module):
@@ -62,6 +62,8 @@ class FrozenTeachers(nn.Module):
         self.register_buffer("hidden", hidden, persistent=False)
         self.register_buffer("items", items, persistent=False)
         self.register_buffer("items_side_by_side", items.permute(1, 0, 2).flatten(1), persistent=False)  # [N, m*H]
+        targets = train.targets[train.targets > 0] if isinstance(train, TrainSequences) else train.targets
+        self.register_buffer("targets", torch.as_tensor(targets, dtype=torch.int64), persistent=False)  # [N]
 
     @property
     def m(self) -> int:
@@ -88,6 +90,10 @@ class FrozenTeachers(nn.Module):
         e[:, 0] = float("-inf")  # exactly 0 there, whatever T
         return torch.softmax(e, dim=-1)
 
+    def mean_logits_log_probs(self, index: torch.Tensor, temperature: float) -> torch.Tensor:
+        """log softmax(e / T) over the real items for the paper's ensemble: [B, N], padding -inf."""
+        return losses.tempered_log_softmax(self.mean_logits(index, 1.0 / temperature), 1.0)
+
 
 class SoftLabelStudent(nn.Module):
     """The student loss of Eq. 15 against the soft labels of Eq. 14 from a teacher module.
@@ -107,20 +113,54 @@ class SoftLabelStudent(nn.Module):
         self.beta, self.temperature, self.kl_direction = beta, temperature, kl_direction
         self.teacher, self.ensemble, self.weights = teacher, ensemble, weights
         if popularity is not None:  # the same distribution for every input: computed once
-            probs = losses.tempered_softmax(popularity, temperature)  # [N]
-            self.register_buffer("popularity_probs", probs, persistent=False)
+            self.register_buffer("popularity_log_probs", losses.tempered_log_softmax(popularity, temperature),
+                                 persistent=False)  # [N]
+        self.self_information = None  # [pairs] or [N] of sum_j r_j log r_j: computed once, at the first step
 
     def teacher_probs(self, index: torch.Tensor) -> torch.Tensor:
-        """softmax(e / T) of the teacher module for training samples `index`: [B, N]."""
+        """softmax(e / T) of the teacher module for training pairs `index`: [B, N]."""
         if self.teacher is None:
-            return self.popularity_probs.expand(len(index), -1)
+            return self.popularity_log_probs.exp().expand(len(index), -1)
         if self.teacher.m == 1 or self.ensemble == "mean_logits":
             return self.teacher.mean_logits_probs(index, self.temperature)
         return ensemble_probs(self.teacher.logits(index), self.temperature, "mean_probs", self.weights)
 
+    def teacher_log_probs(self, index: torch.Tensor) -> torch.Tensor:
+        """log softmax(e / T) of the teacher module, without underflow: [B, N], padding -inf."""
+        if self.teacher is None:
+            return self.popularity_log_probs.expand(len(index), -1)
+        if self.teacher.m == 1 or self.ensemble == "mean_logits":
+            return self.teacher.mean_logits_log_probs(index, self.temperature)
+        w = ensemble_weights(self.teacher.m, self.weights, device=index.device).log().view(-1, 1, 1)  # [m, 1, 1]
+        return torch.logsumexp(w + losses.tempered_log_softmax(self.teacher.logits(index), self.temperature), dim=0)
+
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        if self.kl_direction == "paper":
+            return losses.student_loss_from_teacher(logits, batch.targets, None, self.beta, "paper",
+                                                    teacher_log_probs=self.teacher_log_probs(batch.index))
         probs = self.teacher_probs(batch.index)  # [B, N]
-        return losses.student_loss_from_teacher(logits, batch.targets, probs, self.beta, self.kl_direction)
+        return losses.student_loss_from_teacher(logits, batch.targets, probs, self.beta, "reference",
+                                                self_information=self._self_information(batch))
+
+    @torch.no_grad()
+    def _self_information(self, batch) -> torch.Tensor:
+        """sum_j r_j log r_j of the batch's pairs [B]: a constant of the frozen teacher module, so it is
+        computed once for every training pair (per target item for SoftRec) instead of at each step,
+        where its entropy pass cost as much as the rest of the soft-label work."""
+        if self.self_information is None or self.self_information.device != batch.targets.device:
+            if self.teacher is None:  # one distribution p for every input: by target item, O(N)
+                p = self.popularity_log_probs.exp().to(batch.targets.device)  # [N]
+                items = torch.arange(len(p), device=p.device)  # [N]; item 0 (padding) is never a target
+                entropy = torch.special.entr(p).sum().expand(len(p))  # [N]
+                self.self_information = losses.soft_label_self_information(p.expand(len(p), -1), items, entropy)
+            else:
+                pairs = torch.arange(len(self.teacher.targets), device=batch.targets.device)
+                self.self_information = torch.cat([
+                    losses.soft_label_self_information(self.teacher_probs(chunk), self.teacher.targets[chunk])
+                    for chunk in pairs.split(1024)])  # [pairs]
+        if self.teacher is None:
+            return self.self_information[batch.targets]
+        return self.self_information[batch.index]
 
 
 class TrainingLevelTeacher(nn.Module):

@@ -107,3 +107,27 @@ def test_training_level_objective_trains_the_noise_matrix(tiny_data):
     grads = {name: p.grad for name, p in objective.named_parameters()}
     assert set(grads) == {"noise.M", "noise.N"} and all(g is not None and g.abs().sum() > 0 for g in grads.values())
     assert all(p.grad is None for p in side.parameters())
+
+
+@pytest.mark.parametrize("kl_direction", ["reference", "paper"])
+@pytest.mark.parametrize("module", ["popularity", "mean_logits", "mean_probs"])
+def test_student_objective_equals_eq_14_15_with_its_constants_computed_once(tiny_data, module, kl_direction):
+    """The soft labels' self-information, precomputed per training pair (per item for SoftRec), and the
+    paper direction's exact log r leave the loss equal to Eq. 14-15 computed term by term."""
+    train = training_samples(tiny_data)
+    counts = torch.arange(tiny_data.n_items + 1, dtype=torch.float64)
+    if module == "popularity":
+        objective = SoftLabelStudent(0.5, 2.0, kl_direction, popularity=popularity_teacher(counts))
+    else:
+        weights = [0.3, 0.7] if module == "mean_probs" else None
+        objective = SoftLabelStudent(0.75, 3.0, kl_direction, teacher=FrozenTeachers(_models(tiny_data, [1, 2]), train),
+                                     ensemble=module, weights=weights)
+    (student,) = _models(tiny_data, [0])
+    for index in ([0, 3, 5, 7], [1, 2, 4, 8, 9]):  # the second batch reads the constants computed at the first
+        batch = _batch(train, index)
+        logits = student(batch.item_seq, batch.lengths)
+        probs = objective.teacher_probs(batch.index)
+        assert torch.allclose(objective.teacher_log_probs(batch.index).exp(), probs, atol=1e-6)
+        expected = losses.student_loss(logits, batch.targets, losses.soft_label(probs, batch.targets),
+                                       objective.beta, kl_direction)
+        assert objective(logits, batch).item() == pytest.approx(expected.item(), rel=1e-5)

@@ -18,7 +18,7 @@ from torch import nn
 
 from csrec.config import load_spec
 from csrec.data.protocols import train_item_counts
-from csrec.evaluate import evaluate
+from csrec.evaluate import evaluate, history_before_target
 from csrec.jobs import MODELS, load_model, read_result, splits_for
 from csrec.methods import Job
 from csrec.objectives import popularity_teacher
@@ -80,7 +80,7 @@ def teacher_quality(directory: str | Path) -> pd.DataFrame:
         splits = splits_for(job)
         name, module = teacher_module(job, store)
         scores = {split: evaluate(module, getattr(splits, split), job.data.resolved_exclude_history,
-                                   device="cpu").metrics()
+                                   device="cpu", history=history_before_target(splits.data, split)).metrics()
                   for split in ("valid", "test")}
         rows.append(_row(cell, "teacher module", name, scores))
         rows += [_row(cell, "teacher", t.describe(), read_result(store, t)) for t in job.teachers]
