@@ -63,6 +63,9 @@ def main() -> None:
         "on-the-fly": lambda: OnTheFlyTeachers(teachers, 0.5, 3.0),
     }
     best = best_step_times(objectives, make, samples, args)
+    start = time.perf_counter()
+    SoftLabelStudent(0.5, 3.0, teacher=cache).prepare(torch.device("cpu"))  # done at a student's first step
+    prepare_seconds = time.perf_counter() - start
     steps_per_epoch = len(samples) // args.batch_size
     print(f"{args.model}, Last.FM, {args.layout} layout ({len(samples)} targets, {data.n_items} items), batch {args.batch_size}, "
           f"{args.threads} thread(s), best of {args.repeats} x {args.steps} steps")
@@ -72,6 +75,8 @@ def main() -> None:
         print(f"| {name} | {seconds * 1000:.1f} | {seconds / best['base']:.3f} |")
     print(f"teacher cache, built once: {cache_seconds:.2f} s = {cache_seconds / (best['base'] * steps_per_epoch):.3f} "
           f"of one Base epoch ({steps_per_epoch} steps)")
+    print(f"soft-label constants (and the probability table when it fits), built once at the first step: "
+          f"{prepare_seconds:.2f} s = {prepare_seconds / (best['base'] * steps_per_epoch):.3f} of one Base epoch")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,12 @@ class FrozenTeachers(nn.Module):
         return losses.tempered_log_softmax(self.mean_logits(index, 1.0 / temperature), 1.0)
 
 
+# The teacher probabilities of every training pair are kept in memory when they take at most this
+# much (float32): Last.FM's 48,307 pairs x 3,647 items take 705 MB; Yelp's do not fit and are
+# computed at each step from the cached representations.
+PROBABILITY_TABLE_BYTES = 1 << 30
+
+
 class SoftLabelStudent(nn.Module):
     """The student loss of Eq. 15 against the soft labels of Eq. 14 from a teacher module.
 
@@ -115,7 +121,9 @@ class SoftLabelStudent(nn.Module):
         if popularity is not None:  # the same distribution for every input: computed once
             self.register_buffer("popularity_log_probs", losses.tempered_log_softmax(popularity, temperature),
                                  persistent=False)  # [N]
-        self.self_information = None  # [pairs] or [N] of sum_j r_j log r_j: computed once, at the first step
+        # Computed once, at the first step, on the training device (prepare); not checkpointed.
+        self.self_information = None  # [pairs] (or [N] per target item for SoftRec): sum_j r_j log r_j
+        self.probability_table = None  # [pairs, N] teacher probabilities, when they fit
 
     def teacher_probs(self, index: torch.Tensor) -> torch.Tensor:
         """softmax(e / T) of the teacher module for training pairs `index`: [B, N]."""
@@ -138,29 +146,40 @@ class SoftLabelStudent(nn.Module):
         if self.kl_direction == "paper":
             return losses.student_loss_from_teacher(logits, batch.targets, None, self.beta, "paper",
                                                     teacher_log_probs=self.teacher_log_probs(batch.index))
-        probs = self.teacher_probs(batch.index)  # [B, N]
+        if self.self_information is None or self.self_information.device != batch.targets.device:
+            self.prepare(batch.targets.device)
+        if self.teacher is None:
+            probs, information = self.teacher_probs(batch.index), self.self_information[batch.targets]
+        else:
+            table = self.probability_table
+            probs = table[batch.index] if table is not None else self.teacher_probs(batch.index)  # [B, N]
+            information = self.self_information[batch.index]  # [B]
         return losses.student_loss_from_teacher(logits, batch.targets, probs, self.beta, "reference",
-                                                self_information=self._self_information(batch))
+                                                self_information=information)
 
     @torch.no_grad()
-    def _self_information(self, batch) -> torch.Tensor:
-        """sum_j r_j log r_j of the batch's pairs [B]: a constant of the frozen teacher module, so it is
-        computed once for every training pair (per target item for SoftRec) instead of at each step,
-        where its entropy pass cost as much as the rest of the soft-label work."""
-        if self.self_information is None or self.self_information.device != batch.targets.device:
-            if self.teacher is None:  # one distribution p for every input: by target item, O(N)
-                p = self.popularity_log_probs.exp().to(batch.targets.device)  # [N]
-                items = torch.arange(len(p), device=p.device)  # [N]; item 0 (padding) is never a target
-                entropy = torch.special.entr(p).sum().expand(len(p))  # [N]
-                self.self_information = losses.soft_label_self_information(p.expand(len(p), -1), items, entropy)
-            else:
-                pairs = torch.arange(len(self.teacher.targets), device=batch.targets.device)
-                self.self_information = torch.cat([
-                    losses.soft_label_self_information(self.teacher_probs(chunk), self.teacher.targets[chunk])
-                    for chunk in pairs.split(1024)])  # [pairs]
-        if self.teacher is None:
-            return self.self_information[batch.targets]
-        return self.self_information[batch.index]
+    def prepare(self, device: torch.device) -> None:
+        """What the frozen teacher module gives each training pair, once (at the first step, or here):
+        sum_j r_j log r_j (per target item for SoftRec), whose entropy pass would otherwise cost as
+        much as the rest of the soft-label work at every step; and, when they fit in
+        PROBABILITY_TABLE_BYTES, the teacher probabilities themselves (the same values as computed
+        at each step; a step then reads a row instead of a [B, m*H] x [m*H, N] product and a softmax)."""
+        if self.teacher is None:  # one distribution p for every input: by target item, O(N)
+            p = self.popularity_log_probs.exp().to(device)  # [N]
+            items = torch.arange(len(p), device=device)  # [N]; item 0 (padding) is never a target
+            entropy = torch.special.entr(p).sum().expand(len(p))  # [N]
+            self.self_information = losses.soft_label_self_information(p.expand(len(p), -1), items, entropy)
+            return
+        targets = self.teacher.targets.to(device)  # [pairs]
+        n_pairs, n_columns = len(targets), self.teacher.items.size(1)
+        keep = n_pairs * n_columns * 4 <= PROBABILITY_TABLE_BYTES
+        self.probability_table = torch.empty(n_pairs, n_columns, device=device) if keep else None
+        self.self_information = torch.empty(n_pairs, device=device)
+        for chunk in torch.arange(n_pairs, device=device).split(1024):
+            probs = self.teacher_probs(chunk)  # [C, N]
+            self.self_information[chunk] = losses.soft_label_self_information(probs, targets[chunk])
+            if keep:
+                self.probability_table[chunk] = probs
 
 
 class TrainingLevelTeacher(nn.Module):

@@ -109,11 +109,16 @@ def test_training_level_objective_trains_the_noise_matrix(tiny_data):
     assert all(p.grad is None for p in side.parameters())
 
 
+@pytest.mark.parametrize("table", [True, False])
 @pytest.mark.parametrize("kl_direction", ["reference", "paper"])
 @pytest.mark.parametrize("module", ["popularity", "mean_logits", "mean_probs"])
-def test_student_objective_equals_eq_14_15_with_its_constants_computed_once(tiny_data, module, kl_direction):
-    """The soft labels' self-information, precomputed per training pair (per item for SoftRec), and the
+def test_student_objective_equals_eq_14_15_with_its_constants_computed_once(tiny_data, module, kl_direction, table,
+                                                                           monkeypatch):
+    """The soft labels' self-information, precomputed per training pair (per item for SoftRec), the
+    teacher probabilities kept in a table (or, when they do not fit, computed at each step), and the
     paper direction's exact log r leave the loss equal to Eq. 14-15 computed term by term."""
+    import csrec.objectives
+    monkeypatch.setattr(csrec.objectives, "PROBABILITY_TABLE_BYTES", (1 << 30) if table else 0)
     train = training_samples(tiny_data)
     counts = torch.arange(tiny_data.n_items + 1, dtype=torch.float64)
     if module == "popularity":
@@ -131,3 +136,5 @@ def test_student_objective_equals_eq_14_15_with_its_constants_computed_once(tiny
         expected = losses.student_loss(logits, batch.targets, losses.soft_label(probs, batch.targets),
                                        objective.beta, kl_direction)
         assert objective(logits, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    kept = objective.probability_table is not None
+    assert kept == (table and module != "popularity" and kl_direction == "reference")
