@@ -19,9 +19,9 @@ across methods), which no teacher of any seed has, and CSRec-T's g1 and g2 start
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from csrec.config import METHOD_NAMES, TeacherSettings
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
-from csrec.store import config_key
+from csrec.store import config_key, file_sha256
 from csrec.train import TrainConfig
 
 # Roles whose seeds are drawn from (seed, code); the role "model" keeps its seed (module docstring).
@@ -126,15 +126,12 @@ def _job_key(job: Job) -> str:
 
 @lru_cache(maxsize=64)
 def data_fingerprint(path: str) -> str:
-    """sha256 of the data file: keys follow the content, not where the file lies."""
-    digest = hashlib.sha256()
+    """sha256 of the data file: keys follow the content, not where the file lies (cached per path
+    for the process's life: a file changed under a running process is caught by plan.json's check)."""
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        return "sha256:" + file_sha256(Path(path))
     except OSError as error:
         raise CSRecError(f"cannot read data file {path} ({error.strerror}); check datasets.*.path") from None
-    return "sha256:" + digest.hexdigest()
 
 
 def check_params(method: str, params: dict[str, float]) -> None:
