@@ -26,7 +26,8 @@ from analysis.significance import IMPROVEMENT_LEVELS, TESTS, WORSE, WORSE_LEVEL,
 from csrec.errors import CSRecError
 from csrec.metrics import TIE_RULES, TIES
 
-METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T"}
+METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T",
+                "elecrec": "ELECRec"}
 MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
 DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "ml-100k": "ML-100K"}
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "recall+": "Recall+", "ndcg+": "NDCG+"}

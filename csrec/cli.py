@@ -71,6 +71,14 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "or the reference code's sigmoid form (its detached column bound drives h to uniform, "
                         "where the term carries no signal: kept to reproduce the reference)")
     s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
+    e = p.add_argument_group("ELECRec (sasrec, --layout sequence; defaults: ELECRec's own)")
+    e.add_argument("--sample-ratio", type=float, help="share of positions given a generator draw, in [0, 1] (0.7)")
+    e.add_argument("--prob-power", type=float, help="the generator's softmax is raised to this power >= 0 (1.0)")
+    e.add_argument("--gen-loss-weight", type=float, help="weight of the generator's cross entropy (1.0)")
+    e.add_argument("--dis-loss-weight", type=float, help="weight of the discriminator's real/replaced BCE (0.5)")
+    e.add_argument("--model-shared-type", default="embed_only", choices=["embed_only", "full"],
+                   help="what the generator shares with the discriminator: item and position embeddings "
+                        "(embed_only), or those and the transformer layers (full)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -95,7 +103,8 @@ def _run_train(args: argparse.Namespace) -> int:
                         layout=args.layout, batch_unit=args.batch_unit)
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
                                kl_direction=args.kl_direction, noise_term=args.noise_term,
-                               noise_parametrization=args.noise_parametrization)
+                               noise_parametrization=args.noise_parametrization,
+                               model_shared_type=args.model_shared_type)
     params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
     job = student_job(args.method, base_job(data, args.model, train), params, settings)
     store = Store(args.store)

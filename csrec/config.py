@@ -92,7 +92,9 @@ class Resources:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The student grid of one method (paper 4.1.4). `alpha` matters to csrec-t only (Eq. 12).
+    """The student grid of one method (paper 4.1.4). `alpha` matters to csrec-t only (Eq. 12);
+    sample_ratio, prob_power, gen_loss_weight and dis_loss_weight to elecrec only (csrec.elecrec;
+    defaults: one point, ELECRec's own defaults from its src/main.py).
 
     sampler "grid" runs every point, in order; "tpe" draws `budget` points from the same
     choices with Optuna's TPE.
@@ -101,14 +103,23 @@ class SearchSpace:
     beta: tuple[float, ...] = (0.25, 0.5, 0.75)
     temperature: tuple[float, ...] = (1.0, 3.0, 6.0, 9.0)
     alpha: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sample_ratio: tuple[float, ...] = (0.7,)  # elecrec: share of positions given a generator draw
+    prob_power: tuple[float, ...] = (1.0,)  # elecrec: the generator's softmax raised to this power
+    gen_loss_weight: tuple[float, ...] = (1.0,)  # elecrec: weight of the generator's CE
+    dis_loss_weight: tuple[float, ...] = (0.5,)  # elecrec: weight of the discriminator's BCE
     sampler: Literal["grid", "tpe"] = "grid"
     budget: int | None = None
 
     def __post_init__(self):
-        for name, values, low, high in (("beta", self.beta, 0, 1), ("alpha", self.alpha, 0, 1)):
+        for name, values, low, high in (("beta", self.beta, 0, 1), ("alpha", self.alpha, 0, 1),
+                                        ("sample_ratio", self.sample_ratio, 0, 1)):
             bad = [v for v in values if not low <= v <= high]
             if bad or not values:
                 raise CSRecError(f"{name} values must lie in [0, 1] (and be at least one), got {list(values)}")
+        for name in ("prob_power", "gen_loss_weight", "dis_loss_weight"):
+            values = getattr(self, name)
+            if not values or any(not v >= 0 for v in values):
+                raise CSRecError(f"{name} values must be >= 0 (and be at least one), got {list(values)}")
         if not self.temperature or any(t <= 0 for t in self.temperature):
             raise CSRecError(f"temperature values must be > 0, got {list(self.temperature)}")
         if self.sampler == "tpe" and (self.budget is None or self.budget < 1):
@@ -127,6 +138,9 @@ class TeacherSettings:
     # "reference": the authors' sigmoid form; its detached column bound drives h to uniform, where the
     # noise term is log n and carries no signal at convergence (csrec.teachers.noise_matrix).
     noise_parametrization: Literal["stochastic", "reference"] = "stochastic"
+    # elecrec: what its generator shares with the discriminator (ELECRec's --model_shared_type):
+    # "embed_only" the item and position embeddings (its default), "full" the transformer layers too.
+    model_shared_type: Literal["embed_only", "full"] = "embed_only"
 
     def __post_init__(self):
         if self.m < 1:
@@ -135,7 +149,7 @@ class TeacherSettings:
             raise CSRecError(f"teachers.subsample_ratio (p) must lie in (0, 1], got {self.subsample_ratio}")
 
 
-METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t")
+METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from csrec.data import DataConfig, load_sequence_data
 from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
+from csrec.elecrec import ELECRec
 from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import Job
 from csrec.models import build_model, model_config
@@ -66,10 +67,14 @@ def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> to
     return model.to(device).eval()
 
 
-def build_objective(job: Job, splits: Splits, store: Store, device) -> torch.nn.Module:
-    """The loss `fit` minimises for this job, with its teachers loaded from the store."""
+def build_objective(job: Job, splits: Splits, store: Store, device, model: torch.nn.Module | None = None
+                    ) -> torch.nn.Module:
+    """The loss `fit` minimises for this job, with its teachers loaded from the store. `model` is the
+    job's model, which ELECRec's objective trains as its discriminator (beside its own generator)."""
     if job.objective == "ce":
         return CrossEntropy()
+    if job.objective == "elecrec":
+        return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"))
     teachers = [load_model(store, t, device) for t in job.teachers]
     options = dict(job.options)
     if job.objective == "training-level":
@@ -96,7 +101,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     splits = splits_for(job)
     seed_everything(job.stream_seed)  # initial weights and dropout: the job's role's stream (csrec.methods)
     model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides)).to(device)
-    objective = build_objective(job, splits, store, device).to(device)
+    objective = build_objective(job, splits, store, device, model).to(device)
     exclude = job.data.resolved_exclude_history
 
     validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size,

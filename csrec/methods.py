@@ -1,4 +1,4 @@
-"""The methods (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T) as training jobs and their teachers.
+"""The methods (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T, ELECRec) as training jobs and their teachers.
 
 Everything that is trained is a `Job`: a Base model, a teacher, a student. A job names the jobs whose
 models it learns from (`teachers`), and its key is the hash of its resolved config, in which a teacher
@@ -14,6 +14,9 @@ and its seed (`Job.stream_seed`), so that no student shares any of them with one
   from numpy's SeedSequence([seed, role code]), and the role in the job's key.
 So the seed-s student of every method starts from the same weights and batch order (paired runs
 across methods), which no teacher of any seed has, and CSRec-T's g1 and g2 start apart.
+
+ELECRec (csrec.elecrec) has no teacher job: its generator is trained with the discriminator, in the
+same job (role "student"), whose stored model is the discriminator.
 """
 
 from __future__ import annotations
@@ -42,13 +45,17 @@ GRID_PARAMS = {
     "csrec-m": ("beta", "temperature"),
     "csrec-d": ("beta", "temperature"),
     "csrec-t": ("alpha", "beta", "temperature"),
+    "elecrec": ("sample_ratio", "prob_power", "gen_loss_weight", "dis_loss_weight"),
 }
+
+# ELECRec's defaults (the authors' src/main.py), for the parameters a `train` command leaves out.
+ELECREC_DEFAULTS = {"sample_ratio": 0.7, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.5}
 
 
 @dataclass(frozen=True)
 class Job:
     """One model to train. `objective` is "ce" (Base, teachers), "training-level" (CSRec-T's main
-    teacher, Eq. 13) or a student method name (soft labels, Eq. 14-15)."""
+    teacher, Eq. 13) or a student method name (soft labels, Eq. 14-15; "elecrec": csrec.elecrec)."""
 
     data: DataConfig
     model: str
@@ -141,11 +148,14 @@ def check_params(method: str, params: dict[str, float]) -> None:
     missing = [p for p in GRID_PARAMS[method] if p not in params]
     if missing:
         raise CSRecError(f"method {method} needs {', '.join(missing)} (give --{missing[0]} or a grid)")
-    for name in ("alpha", "beta"):
+    for name in ("alpha", "beta", "sample_ratio"):
         if name in params and not 0 <= params[name] <= 1:
             raise CSRecError(f"{name} must lie in [0, 1], got {params[name]}")
     if "temperature" in params and params["temperature"] <= 0:
         raise CSRecError(f"temperature T must be > 0, got {params['temperature']}")
+    for name in ("prob_power", "gen_loss_weight", "dis_loss_weight"):
+        if name in params and not params[name] >= 0:
+            raise CSRecError(f"{name} must be >= 0, got {params[name]}")
 
 
 def base_job(data: DataConfig, model: str, train: TrainConfig, overrides: dict | None = None,
@@ -159,7 +169,7 @@ def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: Tea
     """The teacher module of `method` for a student like `base` (Alg. 1, 2, 3); SoftRec's
     popularity teacher is computed from the data and needs no job."""
     with_seed = lambda seed: dataclasses.replace(base.train, seed=seed)  # noqa: E731
-    if method in ("base", "softrec"):
+    if method in ("base", "softrec", "elecrec"):
         return ()
     if method == "csrec-m":  # Alg. 1: m seeds, full data
         return tuple(dataclasses.replace(base, train=with_seed(k)) for k in range(settings.m))
@@ -182,6 +192,8 @@ def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: Tea
 
 def student_job(method: str, base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
     """The student of `method` with grid point `params`, learning from its teacher module."""
+    if method == "elecrec":
+        return elecrec_job(base, params, settings)
     check_params(method, params)
     if method == "base":
         return base
@@ -192,6 +204,24 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
     used = {k: float(params[k]) for k in ("beta", "temperature")}
     return dataclasses.replace(base, objective=method, params=tuple(sorted(used.items())),
                                options=tuple(options), teachers=teachers)
+
+
+def elecrec_job(base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
+    """ELECRec over SASRec (csrec.elecrec): its four weights (ELECRec's defaults where not given) and
+    the sharing type; it trains on whole sequences, so the `sequence` layout is required."""
+    if base.model != "sasrec":
+        raise CSRecError(f"elecrec trains SASRec encoders as generator and discriminator; model {base.model} "
+                         "cannot be one: use the model sasrec")
+    if base.train.layout != "sequence":
+        raise CSRecError("elecrec trains on every position of a sequence at once: set train.layout: sequence "
+                         "(launch.py train --layout sequence)")
+    unknown = sorted(set(params) - set(ELECREC_DEFAULTS))
+    if unknown:
+        raise CSRecError(f"elecrec takes {', '.join(ELECREC_DEFAULTS)}, not {', '.join(unknown)}")
+    used = ELECREC_DEFAULTS | {k: float(v) for k, v in params.items()}
+    check_params("elecrec", used)
+    return dataclasses.replace(base, objective="elecrec", params=tuple(sorted(used.items())),
+                               options=(("model_shared_type", settings.model_shared_type),))
 
 
 def dependencies(job: Job) -> list[Job]:

@@ -1,0 +1,144 @@
+"""ELECRec (Chen, Li and Xiong, SIGIR 2022): the recommender trained as a discriminator.
+
+A generator (a SASRec encoder) learns next-item prediction with full-softmax cross entropy. At every
+real position of a training sequence the next item is replaced, with probability `sample_ratio`,
+by an item drawn from the generator's softmax raised to `prob_power`; a position is "real" wherever
+the item put there equals the true next item (also when the generator drew it). The discriminator
+(a SASRec encoder plus a linear head) reads the sequence of next items so made and tells, at each
+position, real from replaced with a sigmoid cross entropy. One Adam minimises
+`gen_loss_weight * generator CE + dis_loss_weight * discriminator BCE`. The discriminator is the
+recommender that is evaluated and stored: its representation at the last input position, scored
+against its item embeddings (the project's model contract).
+
+Facts from the authors' code (github.com/YChen1993/ELECRec, src/), which this follows:
+- trainers.py `iteration`: the generator reads `input_ids`; the discriminator reads
+  `sampled_neg_ids`, the *target* sequence (`target_pos`, the inputs shifted by one) with
+  replacements, so at position t it sees next items 1..t (replaced or not) and judges item t.
+- `sample_from_generator`: probabilities softmax(h E^T) over items 1..n (padding excluded), to the
+  power `prob_power`, one `torch.multinomial` draw per position; then positions with
+  rand < 1 - sample_ratio get the true item back; labels `pos_ids == sampled_neg_ids`.
+- `discriminator_cross_entropy` ("affine" projection, the default; "full" dis_opt_version, the
+  default): sigmoid(Linear(H, 1)(h)), BCE summed over target positions / their number.
+- main.py: defaults sample_ratio 0.7, prob_power 1.0, gen_loss_weight 1.0, dis_loss_weight 0.5,
+  model_shared_type embed_only; "embed_only" shares the item and position embeddings, "full" those
+  and the transformer layers (the embedding layer norm and the head stay the discriminator's own).
+  One Adam over both models (lr 1e-3); the multinomial draw passes no gradient, so the
+  discriminator loss reaches the generator only through what they share.
+
+Deviations, each without effect on the method's definition:
+- Generator CE is the mean over the real positions. The reference averages `nn.CrossEntropyLoss`
+  over all max_len positions, padding included as a target of class 0, which its left-padded,
+  fully masked padding positions learn at once; its generator term is then about (real positions /
+  max_len) times ours (Beauty, max_len 50: about 0.15-0.2), which `gen_loss_weight` can mirror.
+- The replacement sampler draws with softmax(prob_power * logits), the same distribution as the
+  reference's normalised softmax(logits) ** prob_power without its underflow for large powers, by
+  inverse CDF (torch.multinomial took 38 ms of a 48 ms Last.FM step on one CPU thread), and only
+  where a replacement is kept (the reference draws everywhere, then overwrites).
+- Padding stays padding in the discriminator's input (the reference puts generator draws in its
+  left padding, which real positions attend to); our rows are right-padded and causal, so padding
+  never reaches a real position anyway.
+- BCE from the head's logit (`binary_cross_entropy_with_logits`) rather than log(sigmoid + 1e-24).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from csrec import losses
+from csrec.errors import CSRecError
+from csrec.models import SASRec
+
+SHARED_TYPES = ("embed_only", "full")  # what the generator shares with the discriminator (main.py)
+
+
+def generator_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Full-softmax CE of the generator at every real position: logits [T, N] (column 0 padding),
+    targets [T] in 1..N-1 -> scalar, mean over the T positions (module docstring: the reference's mean)."""
+    return losses.cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def replace_items(logits: torch.Tensor, targets: torch.Tensor, sample_ratio: float,
+                  prob_power: float) -> torch.Tensor:
+    """The discriminator's next items: at each of the T positions, with probability `sample_ratio`,
+    an item drawn from softmax(prob_power * logits) over items 1..N-1, else the true item.
+
+    logits [T, N] the generator's (column 0 padding, never drawn), targets [T] -> items [T] int64.
+    A position keeps its true item with probability (1 - sample_ratio) + sample_ratio * p_gen(target).
+    """
+    items = targets.clone()  # [T]
+    replaced = torch.rand(len(targets), device=targets.device) < sample_ratio  # [T]
+    if replaced.any():
+        scaled = logits[replaced].float() * prob_power  # [R, N]
+        scaled[:, 0] = float("-inf")  # padding is never an item, whatever the power (0 included)
+        items[replaced] = sample_rows(torch.softmax(scaled, dim=-1))  # [R]
+    return items
+
+
+def sample_rows(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of probs [R, N] (rows summing to 1) by inverse CDF: [R] int64. The same
+    distribution as torch.multinomial(probs, 1), several times faster on a CPU (module docstring); a
+    zero-probability column (padding) is never drawn."""
+    cdf = probs.double().cumsum(dim=-1)  # [R, N]; float64: a large catalogue sums without drift
+    u = torch.rand(len(probs), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # [R, 1] in [0, total)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.size(1) - 1)
+
+
+def discriminator_loss(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Sigmoid BCE of real (label 1) vs replaced (label 0): the head's logits [T] and real [T] bool
+    -> scalar, mean over the T real positions (trainers.py `discriminator_cross_entropy`)."""
+    return F.binary_cross_entropy_with_logits(scores, real.to(scores.dtype))
+
+
+class ELECRec(nn.Module):
+    """The ELECRec objective: owns the generator and the discriminator head; the discriminator is
+    the trained model (`fit`'s `model`), held here too so that a step can run it on the replaced
+    items. Needs the `sequence` layout (every position of a row at once).
+
+    `fit` passes the discriminator's logits on the real input; ELECRec has no loss on them (its
+    discriminator never scores items while training) and ignores them.
+    """
+
+    def __init__(self, discriminator: SASRec, sample_ratio: float = 0.7, prob_power: float = 1.0,
+                 gen_loss_weight: float = 1.0, dis_loss_weight: float = 0.5, model_shared_type: str = "embed_only"):
+        super().__init__()
+        if not isinstance(discriminator, SASRec):
+            raise CSRecError(f"elecrec trains SASRec encoders as generator and discriminator, not "
+                             f"{type(discriminator).__name__}; use the model sasrec")
+        if model_shared_type not in SHARED_TYPES:
+            raise CSRecError(f"elecrec model_shared_type must be one of {', '.join(SHARED_TYPES)}, "
+                             f"got {model_shared_type!r}")
+        self.sample_ratio, self.prob_power = sample_ratio, prob_power
+        self.gen_loss_weight, self.dis_loss_weight = gen_loss_weight, dis_loss_weight
+        self.model_shared_type = model_shared_type
+        self.discriminator = discriminator  # the same module as fit's model: its parameters are shared, not copied
+        width = discriminator.config.embedding_size
+        self.generator = SASRec(discriminator.n_items, discriminator.max_len, discriminator.config)
+        self.generator.item_embedding = discriminator.item_embedding
+        self.generator.position_embedding = discriminator.position_embedding
+        if model_shared_type == "full":
+            self.generator.layers = discriminator.layers
+        self.head = nn.Linear(width, 1)  # the reference's dis_projection, initialised as its Linear layers
+        nn.init.normal_(self.head.weight, std=discriminator.config.initializer_range)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, logits: torch.Tensor | None, batch) -> torch.Tensor:
+        return self.losses(batch)["total"]
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        """generator, discriminator and total loss of one batch (and the items the discriminator read)."""
+        if batch.positions is None:
+            raise CSRecError("elecrec trains on every position of a sequence at once: set train.layout: sequence "
+                             "(launch.py train --layout sequence)")
+        positions, targets = batch.positions, batch.targets  # [B, W] bool, [T]
+        generated = self.generator.scores(self.generator.encode_positions(batch.item_seq)[positions])  # [T, N]
+        generator = generator_loss(generated, targets)
+        items = replace_items(generated.detach(), targets, self.sample_ratio, self.prob_power)  # [T]
+        next_items = torch.zeros_like(batch.item_seq)  # [B, W]; padding stays 0
+        next_items[positions] = items
+        hidden = self.discriminator.encode_positions(next_items)[positions]  # [T, H]
+        discriminator = discriminator_loss(self.head(hidden).squeeze(-1), items == targets)
+        total = self.gen_loss_weight * generator + self.dis_loss_weight * discriminator
+        return {"generator": generator, "discriminator": discriminator, "total": total, "items": items}
