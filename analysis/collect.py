@@ -24,6 +24,7 @@ from csrec.metrics import TIES, metric_values, parse_metric
 from csrec.store import artifact_problem
 
 TRIALS = Path("store") / "trials"
+FAILED = "failed.json"  # the runner's record of trials that failed (csrec.runner.experiment.FAILED_FILE)
 STAGES = ("search", "seeds")
 SPLITS = ("valid", "test")
 ID_COLUMNS = ["key", "dataset", "model", "method", "config", "seed", "stage"]
@@ -69,6 +70,9 @@ class Collection:
     unfinished: one row per trial directory that is not (yet) a finished trial: key, reason, and the
         cell when its result.json could be read.
     expected_cells: the cells the plan asks for, in the plan's order (the found cells without a plan).
+    incomplete: cell -> why its selection misses runs: a planned trial (plan.json) or one the runner
+        recorded as failed (failed.json) without a finished record, or a damaged record. The table
+        marks these cells: the full grid might select otherwise.
     """
 
     directory: Path
@@ -77,6 +81,7 @@ class Collection:
     unfinished: pd.DataFrame
     expected_cells: tuple[tuple[str, str, str], ...]
     _per_user: dict = field(default_factory=dict, repr=False, compare=False)  # key -> frame, read once
+    incomplete: dict = field(default_factory=dict)  # cell -> tuple of reasons
 
     @property
     def missing_cells(self) -> list[tuple[str, str, str]]:
@@ -101,7 +106,7 @@ class Collection:
         path = self.directory / "datasets" / f"{name}.json"
         if not path.is_file():
             raise CSRecError(f"{path} does not exist; the runner writes it when the data set is first loaded")
-        return json.loads(path.read_text())
+        return _read_json(path, "`launch.py resume DIR` writes it again")
 
     def report(self) -> str:
         """What is there and what is missing, in a few lines (for a running or partial experiment)."""
@@ -112,6 +117,8 @@ class Collection:
         missing = self.missing_cells
         lines.append(f"cells with no finished trial: {len(missing)} of {len(self.expected_cells)}")
         lines += [f"  {'/'.join(cell)}" for cell in missing]
+        lines.append(f"cells selected without some of their planned runs (marked ‡ in the tables): {len(self.incomplete)}")
+        lines += [f"  {'/'.join(cell)}: {why}" for cell, reasons in self.incomplete.items() for why in reasons]
         return "\n".join(lines)
 
 
@@ -136,7 +143,44 @@ def collect(directory: str | Path) -> Collection:
             unfinished.append({"key": path.name, "reason": problem} | cell)
     unfinished_frame = pd.DataFrame(unfinished, columns=["key", "reason", "dataset", "model", "method"])
     results, trials = _tidy(records)
-    return Collection(directory, results, trials, unfinished_frame, _expected_cells(directory, trials))
+    plan = _read_json(directory / "plan.json", "`launch.py resume DIR` writes it again")
+    return Collection(directory, results, trials, unfinished_frame, _expected_cells(plan, trials),
+                      incomplete=_incomplete(directory, plan, trials, unfinished))
+
+
+def _read_json(path: Path, repair: str) -> dict:
+    """A runner file's JSON object; {} when absent; a damaged one is an error naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise CSRecError(f"{path} is damaged (not a JSON object); {repair}")
+    return value
+
+
+def _incomplete(directory: Path, plan: dict, trials: pd.DataFrame, unfinished: list[dict]) -> dict:
+    """Collection.incomplete: trial key -> reason, grouped by cell (a key listed once)."""
+    finished = set(trials["key"])
+    why: dict[str, tuple[tuple, str]] = {}
+    for row in plan.get("trials", []):
+        if "key" in row and row["key"] not in finished:
+            label = f"{config_label(row.get('params', {}))} seed={row.get('seed')}"
+            why[row["key"]] = ((row["dataset"], row["model"], row["method"]), f"{label}: no finished record")
+    failed = _read_json(directory / FAILED, "`launch.py resume DIR` writes it again")  # csrec.runner.experiment
+    for key, entry in failed.items():
+        if key not in finished and isinstance(entry, dict):
+            cell = (entry.get("dataset"), entry.get("model"), entry.get("method"))
+            why[key] = (cell, f"{entry.get('label', key)}: failed ({entry.get('error', '?')})")
+    for row in unfinished:
+        if "damaged" in row["reason"] and isinstance(row.get("dataset"), str):
+            why[row["key"]] = ((row["dataset"], row["model"], row["method"]), f"record {row['key']}: {row['reason']}")
+    cells: dict[tuple, tuple[str, ...]] = {}
+    for cell, reason in why.values():
+        cells[cell] = cells.get(cell, ()) + (reason,)
+    return cells
 
 
 def _problem(path: Path) -> str | None:
@@ -179,16 +223,13 @@ def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return results, trials
 
 
-def _expected_cells(directory: Path, trials: pd.DataFrame) -> tuple[tuple[str, str, str], ...]:
+def _expected_cells(plan: dict, trials: pd.DataFrame) -> tuple[tuple[str, str, str], ...]:
     """The plan's cells (grid trials, Base runs and TPE cells) in the plan's order."""
-    plan_path = directory / "plan.json"
     cells: dict[tuple[str, str, str], None] = {}
-    if plan_path.is_file():
-        plan = json.loads(plan_path.read_text())
-        for row in plan.get("trials", []):
-            cells.setdefault((row["dataset"], row["model"], row["method"]), None)
-        for row in plan.get("tpe_cells", []):
-            cells.setdefault(tuple(row[:3]), None)
+    for row in plan.get("trials", []):
+        cells.setdefault((row["dataset"], row["model"], row["method"]), None)
+    for row in plan.get("tpe_cells", []):
+        cells.setdefault(tuple(row[:3]), None)
     for cell in trials[["dataset", "model", "method"]].itertuples(index=False, name=None):
         cells.setdefault(cell, None)  # a trial outside the plan (an older spec) still counts
     return tuple(cells)

@@ -8,7 +8,8 @@ the test, the question it answers, the correction, the runs behind the numbers a
 every one of those is a claim about the numbers above it. The best number of each column within a
 data set is bold. Table 3 is the same with the filtered metrics
 recall+@10 / ndcg+@10 (paper Eq. 16) and only the data sets with ratings. A partial experiment gives
-the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a").
+the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a"), and a cell
+selected without some of its planned runs (a failed or damaged trial: analysis.collect) marked ‡.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     table = grid.merge(numbers, on=keys, how="left").merge(
         tests[keys + ["p_value", "p_adjusted", "mean_difference", "marker"]], on=keys, how="left")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
+    table["incomplete"] = [(r.dataset, r.model, r.method) in collection.incomplete for r in table.itertuples()]
     table["marker"] = table["marker"].astype(object).fillna("")
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
     column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
@@ -159,6 +161,9 @@ def _caption(table: ComparisonTable) -> str:
             f"(never selected on test)")
 
 
+INCOMPLETE = "‡"  # a cell selected without some of its planned runs (failed, damaged or not finished)
+
+
 def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "<") -> str:
     """The legend: markers, test, correction, runs behind the numbers, tie rule, bold, missing."""
     versus = METHOD_NAMES.get(table.versus, table.versus)
@@ -176,6 +181,10 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "
         parts.append(f"{old} of the {reported} runs were evaluated before ties were recorded: their ties count in the "
                      "target's favour")
     parts.append("bold: best per column within a data set")
+    if table.cells["incomplete"].any():
+        parts.append(f"{mark(INCOMPLETE)}: selected without some of the cell's planned runs (failed, damaged or not "
+                     "finished; `launch.py status DIR` and the report name them): the full grid may select another "
+                     "configuration")
     parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
 
@@ -210,11 +219,11 @@ def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str)
     for row in table.cells.itertuples(index=False):
         key = (row.dataset, row.method, row.model, row.metric)
         if row.n_runs == 0 or np.isnan(row.mean):
-            texts[key] = missing
+            texts[key] = missing + (mark(INCOMPLETE) if row.incomplete else "")
             continue
         number = f"{row.mean * 100:.3f}"
         number = bold(number) if row.best else number
-        suffix = row.marker + (dagger if mixed and row.source == "search" else "")
+        suffix = row.marker + (dagger if mixed and row.source == "search" else "") + (INCOMPLETE if row.incomplete else "")
         texts[key] = number + (mark(suffix) if suffix else "")
     return texts
 
@@ -235,7 +244,7 @@ def to_markdown(table: ComparisonTable) -> str:
 
 
 def _latex_mark(text: str) -> str:
-    return "$^{" + text.replace(WORSE, r"\downarrow") + "}$"
+    return "$^{" + text.replace(WORSE, r"\downarrow").replace(INCOMPLETE, r"\ddagger") + "}$"
 
 
 def to_latex(table: ComparisonTable) -> str:
@@ -271,7 +280,7 @@ def to_csv(table: ComparisonTable) -> str:
                                difference_pct=table.cells["mean_difference"] * 100, versus=table.versus,
                                test=table.test, correction=table.correction or "none", ties=table.ties)
     columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config", "n_configs",
-               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best"]
+               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best", "incomplete"]
     return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
 
 
