@@ -5,12 +5,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from csrec.errors import CSRecError
+
+
+def finite(text: str) -> float:
+    """argparse type: a finite number (inf and nan are refused with the option's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -49,17 +61,17 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "sequence from one pass (same pairs, a fraction of the encoder work)")
     t.add_argument("--batch-unit", default="targets", choices=["targets", "sequences"],
                    help="sequence layout: --batch-size counts targets (default) or whole sequences")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--lr", type=finite, default=1e-3, help="Adam learning rate")
     t.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the shuffling")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s = p.add_argument_group("soft labels (CSRec)")
     s.add_argument("--method", default="base", choices=METHOD_NAMES, help="training method")
-    s.add_argument("--beta", type=float, help="weight of the KL term, Eq. 15, in [0, 1]")
-    s.add_argument("--temperature", "-T", type=float, help="soft-label temperature T > 0, Eq. 14")
-    s.add_argument("--alpha", type=float, help="CSRec-T: weight of KL(P_g2 || P_g1), Eq. 12, in [0, 1]")
+    s.add_argument("--beta", type=finite, help="weight of the KL term, Eq. 15, in [0, 1]")
+    s.add_argument("--temperature", "-T", type=finite, help="soft-label temperature T > 0, Eq. 14")
+    s.add_argument("--alpha", type=finite, help="CSRec-T: weight of KL(P_g2 || P_g1), Eq. 12, in [0, 1]")
     s.add_argument("--m", type=int, default=2, help="number of teachers (CSRec-M, CSRec-D)")
-    s.add_argument("--subsample-ratio", "-p", type=float, default=0.8, help="p of the data-level teachers")
+    s.add_argument("--subsample-ratio", "-p", type=finite, default=0.8, help="p of the data-level teachers")
     s.add_argument("--ensemble", default="mean_logits", choices=["mean_logits", "mean_probs"],
                    help="mean of teacher logits (paper) or of tempered probabilities (reference code)")
     s.add_argument("--kl-direction", default="reference", choices=["reference", "paper"],
@@ -94,8 +106,16 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.model not in MODEL_REGISTRY:
         raise CSRecError(f"--model {args.model}: unknown model; choose one of {', '.join(MODEL_REGISTRY)}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise CSRecError(f"--out {out} exists and is not empty; choose a new folder or remove it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CSRecError(f"--out {out} exists and is {'not empty' if out.is_dir() else 'a file'}; choose a new folder")
+    if Path(args.store).exists() and not Path(args.store).is_dir():
+        raise CSRecError(f"--store {args.store} is a file; give a folder for the store (default runs/store)")
+    unused = [f"--{k}" for k in ("alpha", "beta", "temperature")
+              if getattr(args, k) is not None and k not in GRID_PARAMS[args.method]]
+    if unused:
+        raise CSRecError(f"{', '.join(unused)} do(es) not apply to --method {args.method} (it uses "
+                         f"{', '.join('--' + k for k in GRID_PARAMS[args.method]) or 'none of them'}); remove "
+                         f"{'it' if len(unused) == 1 else 'them'} or choose the method that uses it")
     data = DataConfig(**_train_data(args), format=args.format, user_min_count=args.user_min_count,
                       item_min_count=args.item_min_count, exclude_history=args.exclude_history)
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
@@ -127,6 +147,9 @@ def _train_data(args: argparse.Namespace) -> dict:
 
     given = {k: v for k in ("protocol", "max_len", "overlap_head") if (v := getattr(args, k)) is not None}
     if args.data not in datasets.REGISTRY:
+        if Path(args.data).is_dir():
+            raise CSRecError(f"--data {args.data} is a folder; give an interaction file (.inter, .txt, .csv) in it, "
+                             "or a registered data set's name (`launch.py data list`)")
         if not Path(args.data).is_file():
             also = " and not a registered data set (`launch.py data list`)" if datasets.looks_like_name(args.data) else ""
             raise CSRecError(f"--data {args.data}: no such file{also}")
@@ -180,21 +203,35 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else Ray in this process)")
     p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    p.add_argument("--allow-failed", action="store_true",
+                   help="exit 0 although trials failed (their cells are marked ‡ in the table); without it such "
+                        "a run exits 3 and names them")
 
 
 def _run_run(args: argparse.Namespace) -> int:
     from csrec.runner import run_experiment
 
-    return run_experiment(args.spec, dry_run=args.dry_run, address=args.address, local=args.local)
+    return run_experiment(args.spec, dry_run=args.dry_run, address=args.address, local=args.local,
+                          allow_failed=args.allow_failed)
 
 
 def _run_resume(args: argparse.Namespace) -> int:
     from csrec.runner import SPEC_FILE, run_experiment
 
-    spec = Path(args.directory) / SPEC_FILE
-    if not spec.is_file():
-        raise CSRecError(f"{args.directory} is not an experiment directory (no {SPEC_FILE}); give the spec's storage folder")
-    return run_experiment(spec, address=args.address, local=args.local)
+    directory = _experiment_directory(args.directory)
+    if not (directory / SPEC_FILE).is_file():
+        raise CSRecError(f"{directory} is not an experiment directory (no {SPEC_FILE}); give the spec's storage folder")
+    # The experiment is where DIR is now (moved or copied), whatever storage its spec.yaml recorded.
+    return run_experiment(directory / SPEC_FILE, address=args.address, local=args.local, directory=directory,
+                          allow_failed=args.allow_failed)
+
+
+def _experiment_directory(value: str) -> Path:
+    directory = Path(value)
+    if not directory.is_dir():
+        what = "is a file" if directory.exists() else "does not exist"
+        raise CSRecError(f"{value} {what}; give an experiment directory (a spec's storage folder)")
+    return directory
 
 
 def _add_directory(p: argparse.ArgumentParser) -> None:
@@ -204,7 +241,7 @@ def _add_directory(p: argparse.ArgumentParser) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     from csrec.runner.status import status
 
-    print(status(args.directory))
+    print(status(_experiment_directory(args.directory)))
     return 0
 
 

@@ -9,6 +9,8 @@ next to the code that uses them (csrec.data.DataConfig, csrec.train.TrainConfig)
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -73,6 +75,8 @@ def _convert(hint, value, where: str):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise CSRecError(f"{where}: expected a finite number, got {value!r}")
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise CSRecError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -176,6 +180,11 @@ class ExperimentSpec:
     def __post_init__(self):
         from csrec.models import MODELS  # late: keeps `import csrec.config` light
 
+        check_plain_name("name", self.name)
+        for name in self.datasets:
+            check_plain_name(f"datasets.{name}", name)
+        if not self.storage.strip():
+            raise CSRecError("storage is empty; give the experiment's folder (e.g. runs/<name>)")
         for name in self.models:
             if name not in MODELS:
                 raise CSRecError(f"models: unknown model '{name}'; known: {', '.join(MODELS)}")
@@ -204,15 +213,83 @@ class ExperimentSpec:
         return tuple(Path(p).expanduser().resolve() for p in self.reuse)
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_plain_name(key: str, name: str) -> None:
+    """Names become file and folder names (datasets/<name>.json, study names): letters, digits, . _ -"""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise CSRecError(f"{key}: {name!r} is not a plain name; use letters, digits, '.', '_' and '-' "
+                         "(at most 100, starting with a letter or digit), no '/' or spaces")
+
+
+# A spec is a page of YAML: these bound what a hostile or broken file can cost before it is refused.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_NODES = 100_000  # values after aliases are expanded (a "billion laughs" file is refused here)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise CSRecError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping; "
+                                 "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path):
+    """A YAML file's data, within the size, depth and expanded-size bounds above; each bound broken,
+    a syntax error or a duplicate key is a one-line CSRecError naming the file."""
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise CSRecError(f"{path}: {path.stat().st_size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
+    text = path.read_text(errors="replace")
+    try:
+        _check_shape(text)
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+    except CSRecError as error:
+        raise CSRecError(f"{path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise CSRecError(f"{path}: not valid YAML ({' '.join(str(error).split())}); fix the syntax") from None
+
+
+def _check_shape(text: str) -> None:
+    """Walk the YAML events (an iterative parser: no recursion on deep files) counting nesting depth
+    and the values each anchor stands for, so that aliases are counted as expanded."""
+    depth, sizes, stack = 0, {}, [[0, None]]  # stack: [values inside, anchor] per open collection
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                raise CSRecError(f"nested deeper than {MAX_SPEC_DEPTH} levels; a spec is a few levels deep")
+            stack.append([1, event.anchor])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+            count, anchor = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+            stack[-1][0] += count
+        elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+            count = sizes.get(event.anchor, 1) if isinstance(event, yaml.AliasEvent) else 1
+            if isinstance(event, yaml.ScalarEvent) and event.anchor is not None:
+                sizes[event.anchor] = 1
+            stack[-1][0] += count
+        if stack[0][0] + sum(c for c, _ in stack[1:]) > MAX_SPEC_NODES:
+            raise CSRecError(f"more than {MAX_SPEC_NODES} values once its aliases are expanded; a spec is far "
+                             "smaller (is it a YAML bomb?)")
+
+
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and check an experiment YAML; each data set's `path` becomes an absolute file path."""
     path = Path(path)
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise CSRecError(f"{path}: not valid YAML ({error}); fix the syntax") from None
+    raw = read_yaml(path)
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):

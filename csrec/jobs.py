@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
 import time
 from functools import lru_cache
@@ -25,6 +26,7 @@ from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
 from csrec.elecrec import ELECRec
+from csrec.errors import CSRecError
 from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import Job
 from csrec.models import build_model, model_config
@@ -61,7 +63,11 @@ def splits_for(job: Job) -> Splits:
 def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The trained model of `job` from the store; an error (never an untrained model) if absent."""
     folder = store.require(MODELS, job.key, f"the trained model for {job.describe()}")
-    saved = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    try:  # weights_only: a model in a shared (or reused) store must never run code when read
+        saved = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CSRecError(f"{folder / 'model.pt'} holds objects other than tensors and plain values; refused unread, "
+                         f"since loading it could run code: remove {folder} so that the model is trained again") from None
     model = build_model(job.model, saved["n_items"], saved["max_len"], **dict(job.model_overrides))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

@@ -40,10 +40,33 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_json(path: Path, log=None, consequence: str = "") -> dict | None:
+    """The JSON object in `path`; None when the file is missing or is no readable JSON object (then,
+    with `log`, one line says so and what follows: `consequence`)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"a JSON {type(value).__name__}, not an object"
+    if log is not None:
+        log(f"{path} is unreadable ({problem}){'; ' + consequence if consequence else ''}")
+    return None
 
 
 class Store:

@@ -6,11 +6,14 @@ Paper 4.1.4: Adam, lr 1e-3, the best epoch selected on validation NDCG@10.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import pickle
 import random
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +24,7 @@ from torch import nn
 
 from csrec.batching import BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_logits, epoch_generator  # noqa: F401
 from csrec.data.samples import Samples, TrainSequences
-from csrec.errors import CSRecError, NonFiniteLossError
+from csrec.errors import CSRecError, NonFiniteLossError, first_line
 from csrec.objectives import CrossEntropy
 
 # Train-config fields that change how a job runs but not what it computes (left out of store keys).
@@ -137,7 +140,7 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
     state = _State(best_model=_copy(model), best_objective=_copy(objective))
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = _resume(checkpoint_path, model, objective, optimizer, config, len(train))
+        state = _resume_or_discard(checkpoint_path, model, objective, optimizer, config, len(train), device) or state
     data = TrainingData(train, device)
     epoch = state.epoch
     while not state.stopped_early and epoch < config.max_epochs:
@@ -246,27 +249,56 @@ def _save(path: Path, state: _State, model, objective, optimizer, config: TrainC
         raise
 
 
+class DamagedCheckpoint(Exception):
+    """A work checkpoint that cannot be read or applied (truncated, garbage, not ours)."""
+
+
+def _resume_or_discard(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int,
+                       device: torch.device) -> "_State | None":
+    """`_resume`; a damaged checkpoint is deleted with a warning and the modules, optimizer and RNGs
+    are put back as they were, so that training starts from epoch 1 exactly as a first run would
+    (a damaged file would otherwise fail every retry and every resume the same way)."""
+    before = (_copy(model), _copy(objective), copy.deepcopy(optimizer.state_dict()), _rng_state(device))
+    try:
+        return _resume(path, model, objective, optimizer, config, n_train)
+    except DamagedCheckpoint as error:
+        model.load_state_dict(before[0])
+        objective.load_state_dict(before[1])
+        optimizer.load_state_dict(before[2])
+        _set_rng_state(before[3], device)
+        path.unlink(missing_ok=True)
+        warnings.warn(f"work checkpoint {path} is damaged ({error}); discarded, training starts from epoch 1")
+        return None
+
+
 def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int) -> _State:
     """Load a checkpoint written by `_save` into the modules and return the run's state."""
     try:
         # weights_only: a checkpoint in a shared experiment directory must never run code when read.
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        saved = payload["config"]
+        before = {k: saved.get(k, getattr(TrainConfig(), k)) for k in _RESUME_FIELDS}  # older files: defaults
+        saved_n_train = payload["n_train"]
+    except pickle.UnpicklingError as error:  # torch's message suggests weights_only=False: never here
+        raise DamagedCheckpoint("it holds objects other than tensors and plain values; refused unread, since "
+                                "loading it could run code") from error
     except Exception as error:
-        raise CSRecError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
-    saved = payload["config"]
-    before = {k: saved.get(k, getattr(TrainConfig(), k)) for k in _RESUME_FIELDS}  # older files: defaults
+        raise DamagedCheckpoint(first_line(error)) from error
     changed = [f"{k}: {before[k]} -> {getattr(config, k)}" for k in _RESUME_FIELDS if before[k] != getattr(config, k)]
-    if changed or payload["n_train"] != n_train:
-        what = ", ".join(changed) or f"training samples: {payload['n_train']} -> {n_train}"
+    if changed or saved_n_train != n_train:
+        what = ", ".join(changed) or f"training samples: {saved_n_train} -> {n_train}"
         raise CSRecError(f"the checkpoint {path} was written by another run ({what}); "
                          "restore those settings or delete the checkpoint to start over")
-    model.load_state_dict(payload["model"])
-    objective.load_state_dict(payload["objective"])
-    optimizer.load_state_dict(payload["optimizer"])
-    _set_rng_state(payload["rng"], next(model.parameters()).device)
-    state = dict(payload["state"])
-    state["history"] = [EpochRecord(**r) for r in state["history"]]
-    return _State(**state)
+    try:
+        model.load_state_dict(payload["model"])
+        objective.load_state_dict(payload["objective"])
+        optimizer.load_state_dict(payload["optimizer"])
+        _set_rng_state(payload["rng"], next(model.parameters()).device)
+        state = dict(payload["state"])
+        state["history"] = [EpochRecord(**r) for r in state["history"]]
+        return _State(**state)
+    except Exception as error:
+        raise DamagedCheckpoint(first_line(error)) from error
 
 
 def _rng_state(device: torch.device) -> dict:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from csrec.jobs import MODELS
-from csrec.runner.experiment import SPEC_FILE, Experiment, all_teachers, execute, missing, reuse_stores
+from csrec.runner.experiment import (SPEC_FILE, Experiment, all_teachers, execute, failed_trials_error, missing,
+                                     reuse_stores)
+from csrec.runner.lock import ExperimentLock
 from csrec.runner.plan import make_plan
 from csrec.runner.trials import trial_result
 
@@ -16,12 +18,16 @@ __all__ = ["SPEC_FILE", "Experiment", "execute", "print_plan", "run_experiment"]
 
 
 def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | None = None,
-                   local: bool = False, log=print, table: bool = True) -> int:
-    experiment = Experiment.open(spec_path)
+                   local: bool = False, log=print, table: bool = True, directory: str | Path | None = None,
+                   allow_failed: bool = False) -> int:
+    """Run (or go on with) the experiment of `spec_path`; `directory` replaces its storage (resume).
+
+    Raises FailedTrials when trials failed (after the table, which marks their cells), unless
+    `allow_failed`; a second driver on the same experiment is refused (csrec.runner.lock)."""
+    experiment = Experiment.open(spec_path, directory, log)
     if dry_run:
         print_plan(experiment, log)
         return 0
-    experiment.initialise(spec_path)
     if local:
         from csrec.runner.local_backend import LocalBackend
 
@@ -30,11 +36,21 @@ def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | 
         from csrec.runner.ray_backend import RayBackend
 
         backend = RayBackend(address, log)
-    execute(experiment, backend, log)
+    backend.check(experiment.spec)  # before anything is written: a request no node holds waits forever
+    experiment.directory.mkdir(parents=True, exist_ok=True)
+    with ExperimentLock(experiment.directory, log):
+        experiment.initialise(spec_path)
+        execute(experiment, backend, log)
+        failures = experiment.failures()
     if table:
         from analysis import comparison_table
 
         log(comparison_table(experiment.directory))
+    if failures and not allow_failed:
+        raise failed_trials_error(experiment, failures)
+    if failures:
+        log(f"--allow-failed: {len(failures)} trial(s) failed and the table is selected without them (marked ‡): "
+            + "; ".join(entry["label"] for entry in failures.values()))
     return 0
 
 

@@ -14,28 +14,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
 from csrec.datasets import check_unchanged
-from csrec.errors import CSRecError
+from csrec.errors import CSRecError, FailedTrials
 from csrec.jobs import MODELS
 from csrec.methods import Job, data_fingerprint, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.tpe import run_tpe
 from csrec.runner.trials import TRIALS, best_points, record_stored, trial_result
-from csrec.store import Store, config_key, write_json_atomic
+from csrec.store import Store, config_key, read_json, write_json_atomic, write_text_atomic
 
 SPEC_FILE = "spec.yaml"
+FAILED_FILE = "failed.json"  # trial key -> what failed, for the trials a run left without a record
 # Fields that may change between a run and its resume: how, not what, is computed.
 _RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage", "reuse")
 
 
 class Backend(Protocol):
+    def check(self, spec: ExperimentSpec) -> None: ...
     def train_models(self, jobs: list[Job], experiment: "Experiment") -> None: ...
-    def run_trials(self, stage: str, trials: list[Trial], experiment: "Experiment") -> None: ...
+    def run_trials(self, stage: str, trials: list[Trial], experiment: "Experiment") -> dict[str, str]: ...
     def width(self, experiment: "Experiment") -> int: ...
 
 
@@ -43,6 +46,10 @@ class Backend(Protocol):
 class Experiment:
     spec: ExperimentSpec
     directory: Path
+    log: Callable = print
+
+    def __getstate__(self):  # Tune pickles its callbacks (LiveView holds the experiment): not the printer
+        return {k: v for k, v in self.__dict__.items() if k != "log"} | {"log": print}
 
     @property
     def store(self) -> Store:
@@ -70,40 +77,137 @@ class Experiment:
             log(f"reuse: {count} model(s) copied from {root}")
 
     @classmethod
-    def open(cls, spec_path: str | Path) -> "Experiment":
-        """Load and check the spec; refuse a directory that belongs to another spec."""
+    def open(cls, spec_path: str | Path, directory: str | Path | None = None, log=print) -> "Experiment":
+        """Load and check the spec; refuse a directory that belongs to another spec. `directory`
+        (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied."""
         spec = load_spec(spec_path)
+        if directory is not None:
+            spec = dataclasses.replace(spec, storage=str(Path(directory).expanduser().resolve()))
         directory = spec.directory
-        marker = directory / "experiment.json"
-        fingerprint = spec_fingerprint(spec)
-        if marker.is_file():
-            known = json.loads(marker.read_text())
-            if known.get("fingerprint") != fingerprint and not _recorded_spec_matches(directory, known, fingerprint):
-                raise CSRecError(
-                    f"storage: {directory} holds the experiment of another spec ({known.get('spec')}); "
-                    "give this spec its own storage directory, or resume that one"
-                )
-            if (directory / "plan.json").is_file():  # the data files it started with, by content
-                check_unchanged(json.loads((directory / "plan.json").read_text()).get("datasets", {}), spec.datasets)
+        if directory.exists() and not directory.is_dir():
+            raise CSRecError(f"storage: {directory} is a file; give the path of a folder for the experiment")
+        if (directory / "experiment.json").exists() or (directory / SPEC_FILE).exists():
+            _check_identity(directory, spec, log)
+            plan = directory / "plan.json"
+            if plan.is_file():  # the data files it started with, by content
+                recorded = read_json(plan, log, "the data files cannot be checked against those the experiment "
+                                           "started with; it is written again")
+                if recorded is not None:
+                    check_unchanged(recorded.get("datasets", {}), spec.datasets)
         elif directory.exists() and any(directory.iterdir()):
-            raise CSRecError(f"storage: {directory} exists and is not an experiment directory; choose another")
+            raise CSRecError(f"storage: {directory} exists and is not an experiment directory (no experiment.json "
+                             f"or {SPEC_FILE}); choose another storage folder")
         else:  # a new experiment: a `reuse` entry that names nothing is a mistake in the spec
             reuse_stores(spec, log=None)
-        return cls(spec, directory)
+        return cls(spec, directory, log)
 
     def initialise(self, spec_path: str | Path) -> None:
+        """Record the spec (resolved, so that `resume` works from any directory) and its fingerprint.
+        Both are rewritten on every run: a spec changed in how it runs only (device, threads,
+        resources) is the one a later resume uses."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if not (self.directory / SPEC_FILE).is_file():  # resolved: `resume` works from any directory
-            (self.directory / SPEC_FILE).write_text(spec_to_yaml(self.spec))
+        write_text_atomic(self.directory / SPEC_FILE, spec_to_yaml(self.spec))
         write_json_atomic(self.directory / "experiment.json",
                           {"fingerprint": spec_fingerprint(self.spec), "spec": str(Path(spec_path).resolve()),
                            "name": self.spec.name})
 
     def progress(self, **fields) -> None:
-        """progress.json: what `launch.py status` shows while the driver runs."""
+        """progress.json: what `launch.py status` shows while the driver runs (rewritten if damaged)."""
         path = self.directory / "progress.json"
-        current = json.loads(path.read_text()) if path.is_file() else {}
+        current = read_json(path, self.log, "it is written again") or {}
         write_json_atomic(path, current | fields | {"updated": time.time(), "pid": os.getpid()})
+
+    def note_failures(self, trials: list[Trial], errors: dict[str, str]) -> None:
+        """failed.json: add the trials left without a record (with their error), drop those that have one."""
+        path = self.directory / FAILED_FILE
+        failed = read_json(path, self.log, "it is written again from this run's trials") or {}
+        for trial in trials:
+            if trial_result(self.store, trial) is not None:
+                failed.pop(trial.job.key, None)
+            else:
+                failed[trial.job.key] = trial.record() | {
+                    "label": trial.label(), "error": errors.get(trial.job.key, "no result (the error is in the log)")}
+        write_json_atomic(path, failed)
+
+    def failures(self) -> dict[str, dict]:
+        """The trials of failed.json still without a record: key -> what failed."""
+        failed = read_json(self.directory / FAILED_FILE, self.log, "failures of earlier runs are not known") or {}
+        return {key: entry for key, entry in failed.items() if not self.store.verify(TRIALS, key)}
+
+
+class Recording:
+    """A backend whose `run_trials` also keeps failed.json: every stage and TPE round goes through it."""
+
+    def __init__(self, backend: Backend, experiment: Experiment):
+        self.backend, self.experiment = backend, experiment
+
+    def train_models(self, jobs: list[Job], experiment: Experiment) -> None:
+        self.backend.train_models(jobs, experiment)
+
+    def width(self, experiment: Experiment) -> int:
+        return self.backend.width(experiment)
+
+    def run_trials(self, stage: str, trials: list[Trial], experiment: Experiment) -> dict[str, str]:
+        errors = self.backend.run_trials(stage, trials, experiment) or {}
+        experiment.note_failures(trials, errors)
+        return errors
+
+
+def failed_trials_error(experiment: Experiment, failures: dict[str, dict]) -> FailedTrials:
+    listed = "; ".join(f"{entry['label']} ({entry['error']})" for entry in failures.values())
+    return FailedTrials(f"{len(failures)} trial(s) failed: {listed}; the table marks their cells ‡ (selected "
+                        f"without them); fix the cause and `launch.py resume {experiment.directory}` (finished work "
+                        "is kept), or add --allow-failed to accept the table as it is")
+
+
+def teacher_failed(job: Job, error: str) -> CSRecError:
+    """A teacher out of retries: its students cannot run, so the run stops here, saying which."""
+    return CSRecError(f"teacher {job.describe()} [{job.key}] failed: {error}; the models trained so far are kept: "
+                      "fix the cause and `launch.py resume DIR`")
+
+
+def _check_identity(directory: Path, spec: ExperimentSpec, log) -> None:
+    """The experiment in `directory` is this spec's: the fingerprint recorded in experiment.json, or
+    the recorded spec.yaml equal to this spec in everything that is computed. A lost or damaged
+    experiment.json is rebuilt from spec.yaml (said); with neither readable the directory is refused."""
+    known = read_json(directory / "experiment.json")
+    fingerprint = spec_fingerprint(spec)
+    if known is not None and known.get("fingerprint") == fingerprint:
+        return
+    if known is not None and _recorded_spec_matches(directory, known, fingerprint):
+        return
+    recorded = _recorded_spec(directory)
+    if recorded is not None and _computes_the_same(recorded, spec):
+        if known is None:
+            log(f"{directory / 'experiment.json'} is missing or unreadable; rebuilt from {SPEC_FILE}, which is this "
+                "spec's")
+            return
+        if known.get("fingerprint") == spec_fingerprint(recorded):
+            log(f"the spec differs from the one {directory} was run with in how it runs only (device, threads, "
+                "progress); going on with it")
+            return
+    if known is None and recorded is None:
+        raise CSRecError(f"storage: {directory} has neither a readable experiment.json nor a readable {SPEC_FILE}, "
+                         f"so its spec is unknown; put the spec it was run with at {directory / SPEC_FILE} to resume "
+                         "it, or choose another storage folder")
+    name = (known or {}).get("spec") or directory / SPEC_FILE
+    raise CSRecError(f"storage: {directory} holds the experiment of another spec ({name}); "
+                     "give this spec its own storage directory, or resume that one")
+
+
+def _recorded_spec(directory: Path) -> ExperimentSpec | None:
+    try:
+        return load_spec(directory / SPEC_FILE)
+    except CSRecError:
+        return None
+
+
+def _computes_the_same(a: ExperimentSpec, b: ExperimentSpec) -> bool:
+    """Equal but for how they run: the fingerprint's fields, with train's runtime fields left out too."""
+    def substance(spec: ExperimentSpec) -> str:
+        return config_key({"spec": spec_fingerprint(spec, train_runtime=False), "train": spec.train.key_fields})
+
+    return substance(a) == substance(b)
 
 
 def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
@@ -122,11 +226,14 @@ def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
     return stores
 
 
-def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True) -> str:
+def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtime: bool = True) -> str:
     """What makes two specs the same experiment: every field but the runtime ones, each data set by
     its file's content (a name and a path to the same file, or a moved file, are the same data).
-    by_content=False gives the fingerprint of experiments made before that (data by path)."""
+    by_content=False gives the fingerprint of experiments made before that (data by path);
+    train_runtime=False leaves the train section out (compared by its key fields instead)."""
     raw = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _RUNTIME_KEYS}
+    if not train_runtime:
+        del raw["train"]
     if by_content:
         for data in raw["datasets"].values():
             data["path"] = data_fingerprint(data["path"])
@@ -136,9 +243,8 @@ def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True) -> str:
 def _recorded_spec_matches(directory: Path, known: dict, fingerprint: str) -> bool:
     """An experiment made before data sets counted by content: its recorded spec (spec.yaml) is the
     one its fingerprint names, and by content it is the given spec's."""
-    try:
-        recorded = load_spec(directory / SPEC_FILE)
-    except CSRecError:
+    recorded = _recorded_spec(directory)
+    if recorded is None:
         return False
     return (spec_fingerprint(recorded, by_content=False) == known.get("fingerprint")
             and spec_fingerprint(recorded) == fingerprint)
@@ -170,6 +276,8 @@ def searched_tpe_trials(plan: Plan, store: Store) -> list[Trial]:
     """The TPE trials that finished (their points are recorded in the store)."""
     found = []
     for key in store.keys(TRIALS):
+        if not store.verify(TRIALS, key):  # damaged: removed, and written again from its model
+            continue
         record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
         cell = (record["dataset"], record["model"], record["method"])
         if cell in plan.tpe_cells and record["stage"] == "search":
@@ -185,7 +293,7 @@ def write_dataset_summaries(experiment: Experiment) -> None:
 
     for name, config in experiment.spec.datasets.items():
         path = experiment.directory / "datasets" / f"{name}.json"
-        if not path.is_file():
+        if read_json(path, experiment.log, "it is written again") is None:
             data = load_sequence_data(config)
             write_json_atomic(path, {"n_items": data.n_items, "n_sequences": len(data.sequences),
                                      "item_train_counts": train_item_counts(data).tolist()})
@@ -194,8 +302,10 @@ def write_dataset_summaries(experiment: Experiment) -> None:
 def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     """Every stage, in order; each one skips what is already in the store."""
     plan = make_plan(experiment.spec)
-    (experiment.directory / "plan.json").write_text(to_json(plan))
+    write_text_atomic(experiment.directory / "plan.json", to_json(plan))
     store = experiment.store
+    backend = Recording(backend, experiment)
+    experiment.note_failures([], {})  # failed.json readable from here on (a damaged one is said and replaced)
     write_dataset_summaries(experiment)
     teachers = all_teachers(plan)
     experiment.adopt(teachers + [t.job for t in plan.trials], log)
@@ -224,5 +334,15 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
         backend.train_models(needed, experiment)
     if pending:
         backend.run_trials("seeds", pending, experiment)
+    remove_finished_work(experiment)
     experiment.progress(stage="done")
     return plan
+
+
+def remove_finished_work(experiment: Experiment) -> None:
+    """Epoch checkpoints of jobs whose model is in the store (a run stopped between storing the model
+    and removing its checkpoint, or a model copied in): nothing will resume from them."""
+    folder = experiment.work_dir
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_dir() and experiment.store.verify(MODELS, path.name):
+            shutil.rmtree(path, ignore_errors=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from csrec.errors import CSRecError, first_line
 from csrec.jobs import train_job
 from csrec.methods import Job
+from csrec.runner.experiment import teacher_failed
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.trials import run_trial
 
@@ -12,17 +14,32 @@ class LocalBackend:
     def __init__(self, log=print):
         self.log = log
 
+    def check(self, spec) -> None:
+        """Nothing to check: this process runs one job at a time, whatever the spec's resources."""
+
     def train_models(self, jobs: list[Job], experiment) -> None:
         for number, job in enumerate(jobs, 1):  # dependency order: side teachers before main teachers
             self.log(f"[{number}/{len(jobs)}] teacher {job.describe()}")
-            train_job(job, experiment.store, experiment.work_dir)
+            try:
+                train_job(job, experiment.store, experiment.work_dir)
+            except Exception as error:  # noqa: BLE001 - as a Ray task out of retries: one line, the run stops
+                raise teacher_failed(job, str(error) if isinstance(error, CSRecError) else first_line(error)) from error
             experiment.progress(teachers_done=number)
 
-    def run_trials(self, stage: str, trials: list[Trial], experiment) -> None:
+    def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
+        """Each trial in turn; one that raises is logged and left out, as a Ray trial out of retries
+        is, and the others go on. Returns trial key -> its error, for the failed ones."""
+        errors = {}
         for number, trial in enumerate(trials, 1):
-            result = run_trial(trial, experiment.store, experiment.work_dir)
+            try:
+                result = run_trial(trial, experiment.store, experiment.work_dir)
+            except Exception as error:  # noqa: BLE001 - recorded and reported by the run (failed.json)
+                errors[trial.job.key] = first_line(error)
+                self.log(f"[{stage} {number}/{len(trials)}] {trial.label()}: FAILED: {errors[trial.job.key]}")
+                continue
             self.log(f"[{stage} {number}/{len(trials)}] {trial.label()}: valid {SELECTION_METRIC} "
                      f"{result['valid'][SELECTION_METRIC]:.4f}")
+        return errors
 
     def width(self, experiment) -> int:
         return 1  # one trial at a time

@@ -7,17 +7,21 @@
   enumerated through OptunaSearch: one categorical over the trial list, each point enqueued in the
   study so that they start once each, in the list's order, and every cell of the grid shares one
   pool of workers (the tail of one cell never idles the cluster). TPE (csrec.runner.tpe) runs its
-  rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint,
-  are retried from it (FailureConfig), and a restarted driver resumes them with
-  Tuner.restore(resume_errored=True).
-- Trials get artifact paths, never object refs, and never launch Ray tasks themselves.
+  rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint
+  and are retried from it (FailureConfig).
+- The Tune folder is a cache of one driver's stage, never restored: Tuner.restore unpickles
+  tuner.pkl (a file in a shared directory must never run code), and a driver killed while Tune
+  writes it leaves a folder that cannot be restored. A new driver runs the stage's trials without a
+  record in the store in a new Tuner; each goes on from its last epoch (the store's work folder).
+- Trials get artifact paths and Trial values, never object refs, and never launch Ray tasks themselves.
+- Resources are checked against the cluster's nodes before anything starts: a request no node can
+  hold would wait forever.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -30,18 +34,22 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
+from csrec.errors import CSRecError, first_line
 from csrec.jobs import train_job
 from csrec.methods import Job
+from csrec.runner.experiment import teacher_failed
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
-from csrec.runner.trials import run_trial, trial_result
-from csrec.store import Store, config_key, write_json_atomic
+from csrec.runner.signals import sigterm_as_ctrl_c
+from csrec.runner.trials import run_trial
+from csrec.store import Store, write_json_atomic
 
 TRAINABLE = "csrec_student"
 
 
 def start_ray(address: str | None = None, log=print) -> None:
-    """Join `address` (or RAY_ADDRESS); without either, start Ray in this process."""
+    """Join `address` (or RAY_ADDRESS); without either, start Ray in this process, bound to 127.0.0.1
+    (token authentication, on by default for local clusters, stays on)."""
     address = address or os.environ.get("RAY_ADDRESS")
     # One checkpoint a trial epoch is the design (resume from the last epoch); Tune's warning about
     # frequent snapshots is expected here.
@@ -58,9 +66,23 @@ def start_ray(address: str | None = None, log=print) -> None:
     else:
         # "local": a new instance even when `ray start` left its address in RAY_TMPDIR's
         # ray_current_cluster (address=None would join that cluster instead, or fail on the cap).
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+        _loopback_only()
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  object_store_memory=256 * 1024 * 1024, configure_logging=False)
-        log(f"ray: started in this process: {ray.cluster_resources()}")
+        log(f"ray: started in this process on 127.0.0.1: {ray.cluster_resources()}")
+    sigterm_as_ctrl_c()  # ray.init makes SIGTERM a sys.exit with Ray's traceback; stop as on Ctrl-C instead
+
+
+def _loopback_only() -> None:
+    """Ray in this process serves this machine only: its node address is 127.0.0.1, and Ray's servers
+    (GCS, raylet, workers) then listen on 127.0.0.1 instead of every interface. On Linux Ray turns a
+    127.0.0.1 node address into the machine's external one unless clusters are switched off, which
+    is read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported (so also set in the module
+    for this process; the variable reaches the processes Ray starts). Checked by tests/test_faults.py."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def feasible(resources: Resources, log=print) -> Resources:
@@ -70,6 +92,18 @@ def feasible(resources: Resources, log=print) -> Resources:
                       "running on CPU (set gpu: 0 in the spec to silence this)")
         return Resources(cpu=resources.cpu, gpu=0.0)
     return resources
+
+
+def check_fits(name: str, resources: Resources) -> None:
+    """Refuse a request that no live node of the cluster can hold: Ray would leave it pending forever."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= resources.cpu and n.get("GPU", 0) >= resources.gpu for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n.get("CPU", 0), n.get("GPU", 0)), default={})
+    raise CSRecError(
+        f"{name}: cpu {resources.cpu:g}, gpu {resources.gpu:g} per task, but no node of the Ray cluster has that "
+        f"much (largest node: {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU; {len(nodes)} node(s)), "
+        f"so it would wait forever; lower {name} in the spec or join a bigger cluster with --address")
 
 
 def threads(resources: Resources) -> int:
@@ -86,8 +120,8 @@ def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int
     return job.key, ray.get_runtime_context().get_node_id()
 
 
-def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: str, num_threads: int) -> None:
-    """One Tune trial: the student `config["point"]` of the stage's trial list.
+def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int) -> None:
+    """One Tune trial: the student `trials[config["point"]]` of the stage's trial list.
 
     Its last report also says where it ran ("node_id") and on which GPUs ("gpu_ids", comma-separated
     ids Ray gave it, "" on CPU): with fractional GPU requests, several trials show the same id.
@@ -95,12 +129,11 @@ def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: 
     import torch
 
     torch.set_num_threads(num_threads)
-    with open(stage_file, "rb") as handle:
-        trial: Trial = pickle.load(handle)[config["point"]]
+    trial = trials[config["point"]]
     store = Store(store_root)
     checkpoint_file = Path(work_dir) / trial.job.key / "last.pt"
     restored = tune.get_checkpoint()
-    if restored is not None:  # a retry or a resumed experiment: go on from the last reported epoch
+    if restored is not None:  # a retry: go on from the last reported epoch (a damaged file is discarded by fit)
         checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / "last.pt", checkpoint_file)
@@ -123,10 +156,24 @@ def student_trainable(config: dict, stage_file: str, store_root: str, work_dir: 
                  "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())})
 
 
+def error_line(error: BaseException) -> str:
+    """A Ray task's or trial's error as one line: its cause's, not Ray's wrapper traceback."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return first_line(cause)
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
+
+
 class RayBackend:
     def __init__(self, address: str | None = None, log=print):
         self.log = log
         start_ray(address, log)
+
+    def check(self, spec) -> None:
+        """Every request of the spec fits a node of the cluster (after a GPU request became CPU)."""
+        check_fits("teacher_resources", feasible(spec.teacher_resources, self.log))
+        check_fits("trial_resources", feasible(spec.trial_resources, self.log))
 
     def train_models(self, jobs: list[Job], experiment) -> None:
         resources = feasible(experiment.spec.teacher_resources, self.log)
@@ -144,23 +191,19 @@ class RayBackend:
                     del pending[key]
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
             for ref in ready:
-                key, node = ray.get(ref)  # a task that failed all its retries raises here, with its error
-                self.log(f"teacher {jobs_by_key[key].describe()} [{key}]: trained on node {node}")
+                job = jobs_by_key[running.pop(ref)]
+                try:
+                    key, node = ray.get(ref)
+                except Exception as error:  # out of retries: the students of this teacher cannot run
+                    raise teacher_failed(job, error_line(error)) from None
+                self.log(f"teacher {job.describe()} [{key}]: trained on node {node}")
                 done += 1
-                del running[ref]
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 
-    def run_trials(self, stage: str, trials: list[Trial], experiment) -> None:
-        restored = self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
-                              len(trials), experiment)
-        # A restored Tune experiment only finishes its own trials; one whose result has left the
-        # store since (a damaged artifact removed by verify) runs again in a Tuner of its own.
-        leftover = [t for t in trials if trial_result(experiment.store, t) is None]
-        if restored and leftover:
-            again = f"{stage}-again-{config_key(sorted(t.job.key for t in leftover))[:8]}"
-            self.log(f"{stage}: {len(leftover)} trial(s) have no result in the store; running them in {again}")
-            self._tune(again, leftover, self._grid_searcher(f"{experiment.spec.name}-{again}", len(leftover)),
-                       len(leftover), experiment)
+    def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
+        """The stage's trials in one Tuner; returns trial key -> error of those that failed."""
+        return self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
+                          experiment)
 
     @staticmethod
     def _grid_searcher(study_name: str, n: int) -> OptunaSearch:
@@ -183,40 +226,36 @@ class RayBackend:
             fits = min(fits, cluster.get("GPU", 0) // resources.gpu)
         return experiment.spec.max_concurrent_trials or max(1, int(fits))
 
-    def _tune(self, stage: str, trials: list[Trial], searcher, num_samples: int, experiment) -> bool:
-        """Run (or resume) the Tune experiment `stage` over `trials`; True when it was resumed."""
+    def _tune(self, stage: str, trials: list[Trial], searcher, experiment) -> dict[str, str]:
+        """Run the Tune experiment `stage` over `trials` in a new folder (module docstring)."""
         resources = feasible(experiment.spec.trial_resources, self.log)
         tune_dir = experiment.directory / "tune"
-        stage_file = tune_dir / f"{stage}.trials.pkl"
         path = tune_dir / stage
-        restoring = tune.Tuner.can_restore(str(path))
-        if not restoring:  # a resumed Tuner must see the point list it started with; a new one, today's
-            tune_dir.mkdir(parents=True, exist_ok=True)
-            tmp = stage_file.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps(trials))
-            os.replace(tmp, stage_file)
-        trials = pickle.loads(stage_file.read_bytes())
+        replaced = path.exists()
+        if replaced:
+            self.log(f"{stage}: the Tune folder {path} of an earlier driver is a cache, not restored; rebuilt from "
+                     f"the store: {len(trials)} trial(s) without a record run in a new Tuner, each from its last "
+                     "epoch checkpoint")
+            shutil.rmtree(path)
+        # The point numbers Tune's folders show, for a reader (never read back: the trials travel in memory).
+        write_json_atomic(tune_dir / f"{stage}.trials.json", [t.record() | {"label": t.label()} for t in trials])
         trainable = tune.with_resources(
-            tune.with_parameters(student_trainable, stage_file=str(stage_file), store_root=str(experiment.store.root),
+            tune.with_parameters(student_trainable, trials=trials, store_root=str(experiment.store.root),
                                  work_dir=str(experiment.work_dir), num_threads=threads(resources)),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
         view = LiveView(experiment, self.log, trials)
         lanes = self.width(experiment, resources)  # `feasible` (and its GPU warning) once a stage
-        if restoring:
-            self.log(f"{stage}: resuming the Tune experiment in {path}")
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                # reuse_actors: a worker process (torch imported, data set loaded and cached by
-                # jobs._load) runs trial after trial instead of being started for each one.
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples,
-                                            max_concurrent_trials=lanes, reuse_actors=True),
-                run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
-                                          failure_config=tune.FailureConfig(max_failures=3),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-            )
+        tuner = tune.Tuner(
+            trainable,
+            # reuse_actors: a worker process (torch imported, data set loaded and cached by
+            # jobs._load) runs trial after trial instead of being started for each one.
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials),
+                                        max_concurrent_trials=lanes, reuse_actors=True),
+            run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
+                                      failure_config=tune.FailureConfig(max_failures=3),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
         started = time.time()
         results = tuner.fit()
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
@@ -228,10 +267,12 @@ class RayBackend:
             raise KeyboardInterrupt(stage)
         # The stage's wall time and lanes, for benchmarks/utilization.py (Ray and Tune cost per trial).
         write_json_atomic(tune_dir / f"{stage}.timing.json",
-                          {"seconds": time.time() - started, "lanes": lanes, "resumed": restoring})
-        failed = [r for r in results if r.error is not None]
-        self.log(f"{stage}: {len(results) - len(failed)} trials finished, {len(failed)} failed "
+                          {"seconds": time.time() - started, "lanes": lanes, "resumed": replaced})
+        errors = {trials[r.config["point"]].job.key: error_line(r.error) for r in results if r.error is not None}
+        self.log(f"{stage}: {len(results) - len(errors)} trials finished, {len(errors)} failed "
                  f"({time.time() - started:.0f} s)")
-        for result in failed:
-            self.log(f"  failed: {trials[result.config['point']].label()}: {str(result.error).splitlines()[-1]}")
-        return restoring
+        for result in results:
+            if result.error is not None:
+                trial = trials[result.config["point"]]
+                self.log(f"  failed: {trial.label()}: {errors[trial.job.key]}")
+        return errors

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from csrec.errors import CSRecError
 from csrec.jobs import MODELS
+from csrec.runner.experiment import FAILED_FILE
+from csrec.runner.lock import holder
 from csrec.runner.plan import SELECTION_METRIC
 from csrec.runner.trials import TRIALS, best_valid_by_method
-from csrec.store import Store
+from csrec.store import Store, read_json
 
 
 def status(directory: str | Path) -> str:
@@ -17,16 +19,20 @@ def status(directory: str | Path) -> str:
     directory = Path(directory)
     plan_file = directory / "plan.json"
     if not plan_file.is_file():
-        return f"{directory}: no plan.json; not an experiment directory (or not started)"
-    plan = json.loads(plan_file.read_text())
+        raise CSRecError(f"{directory}: no plan.json, so not an experiment directory (or one never started); give "
+                         "the storage folder of a spec that was run")
+    plan = read_json(plan_file)
+    if plan is None or not isinstance(plan.get("teachers"), list) or not isinstance(plan.get("trials"), list):
+        raise CSRecError(f"{plan_file} is damaged (not the plan the runner writes); `launch.py resume {directory}` "
+                         "writes it again")
     store = Store(directory / "store")
     models, trials = set(store.keys(MODELS)), set(store.keys(TRIALS))
     teachers = plan["teachers"]
     teachers_done = sum(t["key"] in models for t in teachers)
     search = [t for t in plan["trials"]]
     search_done = sum(t["key"] in trials for t in search)
-    progress_file = directory / "progress.json"
-    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    notes: list[str] = []
+    progress = read_json(directory / "progress.json", notes.append, "the driver's progress is not known") or {}
     age = time.time() - progress.get("updated", 0)
     lines = [
         f"experiment {directory}",
@@ -35,6 +41,15 @@ def status(directory: str | Path) -> str:
         f"all finished student trials in the store: {len(trials)}",
         f"driver: stage {progress.get('stage', '?')}, last update {age:.0f} s ago (pid {progress.get('pid', '?')})",
     ]
+    lines += notes
+    driver = holder(directory)
+    if driver is not None:
+        lines.append(f"driver holding the experiment: {driver}")
+    failed = read_json(directory / FAILED_FILE, lines.append, "failures of earlier runs are not known") or {}
+    failed = {k: v for k, v in failed.items() if k not in trials}
+    if failed:
+        lines.append(f"failed trials (no record; `launch.py resume` tries them again): {len(failed)}")
+        lines += [f"  {entry.get('label', key)}: {entry.get('error', '?')}" for key, entry in failed.items()]
     if str(progress.get("stage", "")).startswith("tpe ") and "tpe_target" in progress:
         lines.append(f"TPE search of this cell: {progress['tpe_evaluated']} of {progress['tpe_target']} distinct "
                      f"points evaluated, {progress.get('tpe_failed', 0)} failed")

@@ -23,7 +23,7 @@ import random
 
 import optuna
 
-from csrec.errors import CSRecError
+from csrec.errors import CSRecError, first_line
 from csrec.runner.plan import SELECTION_METRIC, trial_for
 from csrec.runner.trials import record_stored, trial_result
 
@@ -48,11 +48,16 @@ def open_study(cell: tuple, experiment) -> optuna.Study:
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial: the runner logs its own
-    storage = JournalStorage(JournalFileBackend(str(experiment.directory / "optuna.journal")))
+    journal = experiment.directory / "optuna.journal"
     name = f"{experiment.spec.name}-{'-'.join(cell)}"
     sampler = optuna.samplers.TPESampler(seed=experiment.spec.seeds[0], constant_liar=True)
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                               sampler=sampler)
+    try:
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                   sampler=sampler)
+    except Exception as error:  # noqa: BLE001 - Optuna's own errors on a damaged journal vary
+        raise CSRecError(f"{journal} cannot be read ({first_line(error)}); move it aside and resume: the TPE "
+                         "studies start again, and points whose trials are in the store are answered from it") from None
 
 
 def _point(params: dict) -> tuple:

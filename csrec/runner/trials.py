@@ -14,7 +14,7 @@ from typing import Callable
 
 from csrec.jobs import MODELS, read_result, train_job
 from csrec.runner.plan import SELECTION_METRIC, Trial
-from csrec.store import Store
+from csrec.store import Store, artifact_problem
 
 TRIALS = "trials"
 
@@ -66,6 +66,8 @@ def best_valid_by_method(store: Store) -> dict[str, float]:
     """method -> the best validation NDCG@10 among all the finished trials in the store (files only)."""
     best: dict[str, float] = {}
     for key in store.keys(TRIALS):
+        if artifact_problem(store.path(TRIALS, key)) is not None:  # damaged: not a result (read only here)
+            continue
         record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
         score = record["valid"].get(SELECTION_METRIC)
         if score is not None and score > best.get(record["method"], float("-inf")):
