@@ -349,7 +349,7 @@ def table(rows: list[tuple[Case, int, str]]) -> str:
     lines = ["| # | input | message (stderr, one line; temporary paths shown as TMP) | exit |", "|---|---|---|---|"]
     for number, (case, code, err) in enumerate(rows, 1):
         message = err.strip().replace("|", "\\|")
-        lines.append(f"| {number} | {case.what} | `{message}` | {code} |")
+        lines.append(f"| {number} | {case.what} | {message} | {code} |")
     return "\n".join(lines) + "\n"
 
 
