@@ -268,6 +268,37 @@ def test_smoke_through_ray_equals_the_local_backend(tmp_path, ray_session, local
     assert_same_results(directory, local_smoke)
 
 
+def fails_for_beta(beta: float):
+    """student_trainable that raises for the trial of one beta (every retry), as a broken point would."""
+    def trainable(config, trials, **kwargs):
+        from csrec.runner import ray_backend
+
+        if dict(trials[config["point"]].params)["beta"] == beta:
+            raise RuntimeError(f"injected failure at beta {beta}")
+        ray_backend.student_trainable(config, trials=trials, **kwargs)
+
+    return trainable
+
+
+def test_a_ray_trial_out_of_retries_is_recorded_named_and_exits_the_run_with_failed_trials(tmp_path, ray_session,
+                                                                                            monkeypatch):
+    from csrec.errors import FailedTrials
+    from csrec.runner import ray_backend
+
+    monkeypatch.setattr(ray_backend, "student_trainable", fails_for_beta(0.75))
+    spec = write_spec(tmp_path, "failing", methods=["softrec"], seeds=[0],
+                      search={"softrec": {"beta": [0.5, 0.75], "temperature": [3.0]}})
+    lines = []
+    with pytest.raises(FailedTrials, match=r"1 trial\(s\) failed: smoke/gru4rec/softrec beta=0.75 temperature=3 "
+                                           r"seed=0 \(RuntimeError: injected failure at beta 0.75\)"):
+        run_experiment(spec, log=lines.append)
+    assert any(line.startswith("  failed: smoke/gru4rec/softrec beta=0.75") for line in lines)
+    table = next(line for line in lines if line.startswith("Table"))
+    assert "| SoftRec |" in table and "‡" in table.split("| SoftRec |")[1].splitlines()[0]
+    (entry,) = json.loads((tmp_path / "failing" / "failed.json").read_text()).values()
+    assert entry["error"] == "RuntimeError: injected failure at beta 0.75" and entry["params"]["beta"] == 0.75
+
+
 def dies_once_before_epoch_3(marker: str):
     """student_trainable whose first attempt is SIGKILLed as it is about to report epoch 3, once
     Tune has its epoch-2 checkpoint; `marker` (the killed pid) keeps the retry from dying too.
