@@ -98,3 +98,19 @@ def test_a_spec_naming_the_same_file_elsewhere_is_the_same_experiment(tmp_path):
     data_fingerprint.cache_clear()  # hashes are cached per path for one process's life
     with pytest.raises(Exception, match="holds the experiment of another spec"):
         Experiment.open(_spec(tmp_path, datasets__smoke__path=str(copy)))
+
+
+def test_a_spec_changed_in_how_it_runs_only_opens_its_experiment(tmp_path):
+    """device: cuda is caught only once the directory exists; the spec fixed to cpu is the same
+    experiment (said), while a change in what is computed is still another spec."""
+    from csrec.runner.experiment import Experiment
+
+    first = _spec(tmp_path, train__device="cuda")
+    Experiment.open(first).initialise(first)
+    lines = []
+    fixed = _spec(tmp_path, train__device="cpu", train__num_threads=2)
+    assert Experiment.open(fixed, log=lines.append).directory == tmp_path / "exp"
+    assert lines == [f"the spec differs from the one {tmp_path / 'exp'} was run with in how it runs only (device, "
+                     "threads, progress); going on with it"]
+    with pytest.raises(Exception, match="holds the experiment of another spec"):
+        Experiment.open(_spec(tmp_path, train__device="cpu", train__max_epochs=3))
