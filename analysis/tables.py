@@ -181,7 +181,7 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "
         parts.append(f"{old} of the {reported} runs were evaluated before ties were recorded: their ties count in the "
                      "target's favour")
     parts.append("bold: best per column within a data set")
-    if table.cells["incomplete"].any():
+    if (table.cells["incomplete"] & (table.cells["n_runs"] > 0)).any():
         parts.append(f"{mark(INCOMPLETE)}: selected without some of the cell's planned runs (failed, damaged or not "
                      "finished; `launch.py status DIR` and the report name them): the full grid may select another "
                      "configuration")
@@ -219,7 +219,7 @@ def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str)
     for row in table.cells.itertuples(index=False):
         key = (row.dataset, row.method, row.model, row.metric)
         if row.n_runs == 0 or np.isnan(row.mean):
-            texts[key] = missing + (mark(INCOMPLETE) if row.incomplete else "")
+            texts[key] = missing
             continue
         number = f"{row.mean * 100:.3f}"
         number = bold(number) if row.best else number
