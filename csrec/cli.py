@@ -84,10 +84,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "where the term carries no signal: kept to reproduce the reference)")
     s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
     e = p.add_argument_group("ELECRec (sasrec, --layout sequence; defaults: ELECRec's own)")
-    e.add_argument("--sample-ratio", type=float, help="share of positions given a generator draw, in [0, 1] (0.7)")
-    e.add_argument("--prob-power", type=float, help="the generator's softmax is raised to this power >= 0 (1.0)")
-    e.add_argument("--gen-loss-weight", type=float, help="weight of the generator's cross entropy (1.0)")
-    e.add_argument("--dis-loss-weight", type=float, help="weight of the discriminator's real/replaced BCE (0.5)")
+    e.add_argument("--sample-ratio", type=finite, help="share of positions given a generator draw, in [0, 1] (0.7)")
+    e.add_argument("--prob-power", type=finite, help="the generator's softmax is raised to this power >= 0 (1.0)")
+    e.add_argument("--gen-loss-weight", type=finite, help="weight of the generator's cross entropy (1.0)")
+    e.add_argument("--dis-loss-weight", type=finite, help="weight of the discriminator's real/replaced BCE (0.5)")
     e.add_argument("--model-shared-type", default="embed_only", choices=["embed_only", "full"],
                    help="what the generator shares with the discriminator: item and position embeddings "
                         "(embed_only), or those and the transformer layers (full)")
@@ -110,11 +110,11 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CSRecError(f"--out {out} exists and is {'not empty' if out.is_dir() else 'a file'}; choose a new folder")
     if Path(args.store).exists() and not Path(args.store).is_dir():
         raise CSRecError(f"--store {args.store} is a file; give a folder for the store (default runs/store)")
-    unused = [f"--{k}" for k in ("alpha", "beta", "temperature")
+    unused = [f"--{k}".replace("_", "-") for k in sorted({p for ps in GRID_PARAMS.values() for p in ps})
               if getattr(args, k) is not None and k not in GRID_PARAMS[args.method]]
     if unused:
         raise CSRecError(f"{', '.join(unused)} do(es) not apply to --method {args.method} (it uses "
-                         f"{', '.join('--' + k for k in GRID_PARAMS[args.method]) or 'none of them'}); remove "
+                         f"{', '.join(('--' + k).replace('_', '-') for k in GRID_PARAMS[args.method]) or 'none of them'}); remove "
                          f"{'it' if len(unused) == 1 else 'them'} or choose the method that uses it")
     data = DataConfig(**_train_data(args), format=args.format, user_min_count=args.user_min_count,
                       item_min_count=args.item_min_count, exclude_history=args.exclude_history)
