@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 
 
@@ -49,8 +48,7 @@ def main() -> None:
         if not lines:
             continue
         last = json.loads(lines[-1])
-        point_file = root / "tune" / f"{trial_dir.parent.name}.trials.pkl"
-        key = _trial_key(point_file, last["config"]["point"])
+        key = _stage_keys(root, trial_dir.parent.name)[last["config"]["point"]]
         if key in busy and exact[key]:
             overheads.append((last["time_total_s"] - busy[key], last["time_total_s"]))
     for over, whole in overheads:
@@ -61,7 +59,7 @@ def main() -> None:
     for timing_file in sorted((root / "tune").glob("*.timing.json")):
         stage = timing_file.name.removesuffix(".timing.json")
         timing = json.loads(timing_file.read_text())
-        keys = [t.job.key for t in pickle.loads((root / "tune" / f"{stage}.trials.pkl").read_bytes())]
+        keys = _stage_keys(root, stage)
         inside = [busy[k] for k in keys if k in busy and exact[k]]
         if timing["resumed"] or len(inside) != len(keys):
             print(f"stage {stage}: resumed or not all trials timed; skipped")
@@ -73,8 +71,9 @@ def main() -> None:
               f"Ray and Tune cost per trial {per_trial:.1f} s = {per_trial / mean:.1%} of a {mean:.0f} s trial")
 
 
-def _trial_key(point_file: Path, point: int) -> str:
-    return pickle.loads(point_file.read_bytes())[point].job.key
+def _stage_keys(root: Path, stage: str) -> list[str]:
+    """The store keys of a Tune stage's trials, in its trial-list order (tune/<stage>.trials.json)."""
+    return [trial["key"] for trial in json.loads((root / "tune" / f"{stage}.trials.json").read_text())]
 
 
 if __name__ == "__main__":
