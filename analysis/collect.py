@@ -106,7 +106,7 @@ class Collection:
         path = self.directory / "datasets" / f"{name}.json"
         if not path.is_file():
             raise CSRecError(f"{path} does not exist; the runner writes it when the data set is first loaded")
-        return _read_json(path, "`launch.py resume DIR` writes it again")
+        return read_json(path, "`launch.py resume DIR` writes it again")
 
     def report(self) -> str:
         """What is there and what is missing, in a few lines (for a running or partial experiment)."""
@@ -143,12 +143,12 @@ def collect(directory: str | Path) -> Collection:
             unfinished.append({"key": path.name, "reason": problem} | cell)
     unfinished_frame = pd.DataFrame(unfinished, columns=["key", "reason", "dataset", "model", "method"])
     results, trials = _tidy(records)
-    plan = _read_json(directory / "plan.json", "`launch.py resume DIR` writes it again")
+    plan = read_json(directory / "plan.json", "`launch.py resume DIR` writes it again")
     return Collection(directory, results, trials, unfinished_frame, _expected_cells(plan, trials),
                       incomplete=_incomplete(directory, plan, trials, unfinished))
 
 
-def _read_json(path: Path, repair: str) -> dict:
+def read_json(path: Path, repair: str) -> dict:
     """A runner file's JSON object; {} when absent; a damaged one is an error naming it."""
     if not path.is_file():
         return {}
@@ -169,7 +169,7 @@ def _incomplete(directory: Path, plan: dict, trials: pd.DataFrame, unfinished: l
         if "key" in row and row["key"] not in finished:
             label = f"{config_label(row.get('params', {}))} seed={row.get('seed')}"
             why[row["key"]] = ((row["dataset"], row["model"], row["method"]), f"{label}: no finished record")
-    failed = _read_json(directory / FAILED, "`launch.py resume DIR` writes it again")  # csrec.runner.experiment
+    failed = read_json(directory / FAILED, "`launch.py resume DIR` writes it again")  # csrec.runner.experiment
     for key, entry in failed.items():
         if key not in finished and isinstance(entry, dict):
             cell = (entry.get("dataset"), entry.get("model"), entry.get("method"))

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from analysis.collect import Collection, collect, select
+from analysis.collect import Collection, collect, read_json, select
 from analysis.groups import POPULAR_SHARE, by_input_length, group_metrics, popular_items, setting_study
 from analysis.plots import SETTING_NAMES, plot_by_length, plot_groups, plot_noise_term, plot_setting
 from analysis.significance import comparisons
@@ -119,9 +119,10 @@ def _section(make: Callable[[], str]) -> str:
 
 def _spec_name(directory: Path) -> str:
     marker = directory / "experiment.json"
-    if marker.is_file():
-        return json.loads(marker.read_text()).get("name", directory.name)
-    return directory.name
+    try:
+        return read_json(marker, "").get("name", directory.name)
+    except CSRecError:  # a damaged marker: the folder's name will do for a title
+        return directory.name
 
 
 def _selected(collection: Collection) -> str:
@@ -207,15 +208,18 @@ def _failures(collection: Collection) -> str:
     lines = collection.report().splitlines()
     plan_path, models = collection.directory / "plan.json", collection.directory / "store" / "models"
     if plan_path.is_file():
-        teachers = json.loads(plan_path.read_text()).get("teachers", [])
+        teachers = read_json(plan_path, "`launch.py resume DIR` writes it again").get("teachers", [])
         absent = [t for t in teachers if not (models / t["key"] / "meta.json").is_file()]
         lines.append(f"teachers with no finished model: {len(absent)} of {len(teachers)}")
         lines += [f"  {t['key']} ({t['job']})" for t in absent]
     else:
         lines.append("no plan.json: the experiment was never started (or this is not an experiment directory)")
     progress_path = collection.directory / "progress.json"
-    if progress_path.is_file():
-        progress = json.loads(progress_path.read_text())
+    try:
+        progress = read_json(progress_path, "`launch.py resume DIR` writes it again")
+    except CSRecError as error:
+        progress, lines = {}, lines + [f"driver progress unknown: {error}"]
+    if progress:
         lines.append(f"driver: last stage {progress.get('stage', '?')}, "
                      f"{progress.get('trials_failed', 0)} trial failures reported by Ray Tune")
     return "```text\n" + "\n".join(lines) + "\n```"
@@ -289,7 +293,7 @@ def _plan(directory: Path) -> str:
     path = directory / "plan.json"
     if not path.is_file():
         raise CSRecError(f"{path} does not exist; the runner writes it when the experiment starts")
-    plan = json.loads(path.read_text())
+    plan = read_json(path, "`launch.py resume DIR` writes it again")
     lines = [f"- {k.replace('_', ' ')}: {v}" for k, v in plan.get("summary", {}).items()]
     cells = pd.DataFrame(plan.get("trials", []))
     if not cells.empty:

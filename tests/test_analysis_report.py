@@ -160,3 +160,14 @@ def test_analysis_imports_neither_torch_nor_ray():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_report_of_an_experiment_with_damaged_bookkeeping_says_so(tmp_path):
+    """A damaged progress.json (or experiment.json) gives a line in the report, not a traceback."""
+    from analysis.report import _failures, _spec_name
+    (tmp_path / "progress.json").write_text("{not json")
+    (tmp_path / "experiment.json").write_text("[1, 2")
+    assert _spec_name(tmp_path) == tmp_path.name
+    from types import SimpleNamespace
+    text = _failures(SimpleNamespace(directory=tmp_path, report=lambda: "0 cells missing"))
+    assert "driver progress unknown" in text and "progress.json is damaged" in text
