@@ -79,7 +79,11 @@ def expected_rank(ranks, ties=None) -> np.ndarray:
     return ranks + ties / 2.0
 
 
-def compute_metrics(ranks, ratings=None, ks=DEFAULT_KS, rating_threshold: float = 4.0, ties=None,
+# Paper Eq. 16: a target rated at least this counts as liked (Recall+ / NDCG+).
+RATING_THRESHOLD = 4.0
+
+
+def compute_metrics(ranks, ratings=None, ks=DEFAULT_KS, rating_threshold: float = RATING_THRESHOLD, ties=None,
                     mode: str = "expected") -> dict[str, float]:
     """recall@k, ndcg@k, mrr@k averaged over users; with ratings also recall+@k and ndcg+@k.
 

@@ -257,3 +257,13 @@ def test_ml100k_ratings_reach_samples(shared_data):
     first = frame[frame["user"] == "196"].iloc[0]
     s = int(np.flatnonzero(data.users == "196")[0])
     assert data.item_tokens[data.sequences[s][0]] == first["item"] and data.ratings[s][0] == first["rating"]
+
+
+def test_ratings_with_no_liked_item_are_said_not_silently_nan(tmp_path):
+    """Negative (or all < 4) ratings: Recall+ / NDCG+ have no users; loading says so."""
+    path = write(tmp_path, "n.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                 + "".join(f"u\t{i}\t{-i}\t{i}\n" for i in range(1, 6)))
+    with pytest.warns(UserWarning, match="none is >= 4 .*Recall\\+ and NDCG\\+ are not defined"):
+        data = load_sequence_data(DataConfig(path=str(path), protocol="user_loo", user_min_count=1,
+                                             item_min_count=1))
+    assert data.ratings is not None

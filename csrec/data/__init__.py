@@ -8,6 +8,7 @@ p-subsamples, training item counts) and splits.py (next-item Samples for train /
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from csrec.data.protocols import (item_id_map, kcore_filter, subsample, train_it
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, training_samples, training_sequences, validation_samples
 from csrec.errors import CSRecError
+from csrec.metrics import RATING_THRESHOLD
 
 PROTOCOLS = ("windows", "user_loo")
 
@@ -97,6 +99,9 @@ def load_sequence_data(config: DataConfig) -> SequenceData:
     rating = frame["rating"].to_numpy(dtype=np.float64)
     has_ratings = not np.isnan(rating).all() and np.unique(rating).size > 1
     ratings = [rating[b:e] for b, e in zip(begin.tolist(), end.tolist())] if has_ratings else None
+    if has_ratings and not (rating >= RATING_THRESHOLD).any():
+        warnings.warn(f"{config.path}: ratings present but none is >= {RATING_THRESHOLD:g} (paper Eq. 16's "
+                      "liked items): Recall+ and NDCG+ are not defined for this file and show as NaN")
     return SequenceData(sequences=sequences, ratings=ratings, users=user_tokens[cut[:, 0]],
                         item_tokens=item_tokens, max_len=config.max_len)
 
