@@ -26,7 +26,7 @@ from step_timing import model_maker, run_steps
 
 from csrec.data import DataConfig, load_sequence_data
 from csrec.data.splits import training_data
-from csrec.datasets import resolve
+from csrec.datasets import looks_like_name, resolve
 from csrec.models import MODELS
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent
 
@@ -56,9 +56,9 @@ def student_ratio(data, device: str, steps: int) -> tuple[str, str, str]:
 
 def grid(spec_path: Path, cuda: bool, out: Path) -> tuple[str, str, str]:
     raw = yaml.safe_load(spec_path.read_text())
-    for name, entry in raw["datasets"].items():  # relative data paths: against the spec's folder
+    for entry in raw["datasets"].values():  # a relative file path is read against the spec's folder
         path = entry.get("path", "")
-        if ("/" in path or "." in path) and not Path(path).is_absolute():
+        if not looks_like_name(path) and not Path(path).is_absolute():
             entry["path"] = str((spec_path.parent / path).resolve())
     gpu = 0.25 if cuda else 0.0
     raw.update(name=f"gpu_check_{raw['name']}", storage=str(out / "grid"),
