@@ -13,7 +13,9 @@ and its seed (`Job.stream_seed`), so that no student shares any of them with one
 - role "student" (every soft-label student) and role "main-teacher" (CSRec-T's g1): a seed drawn
   from numpy's SeedSequence([seed, role code]), and the role in the job's key.
 So the seed-s student of every method starts from the same weights and batch order (paired runs
-across methods), which no teacher of any seed has, and CSRec-T's g1 and g2 start apart.
+across methods), which no teacher of any seed has, and CSRec-T's g1 and g2 start apart. (Dropout
+masks differ between methods on a CPU: loading a method's teachers after the student is built
+draws from torch's CPU generator.)
 
 ELECRec (csrec.elecrec) has no teacher job: its generator is trained with the discriminator, in the
 same job (role "student"), whose stored model is the discriminator.

@@ -173,13 +173,15 @@ class SoftLabelStudent(nn.Module):
         targets = self.teacher.targets.to(device)  # [pairs]
         n_pairs, n_columns = len(targets), self.teacher.items.size(1)
         keep = n_pairs * n_columns * 4 <= PROBABILITY_TABLE_BYTES
-        self.probability_table = torch.empty(n_pairs, n_columns, device=device) if keep else None
-        self.self_information = torch.empty(n_pairs, device=device)
+        table = torch.empty(n_pairs, n_columns, device=device) if keep else None
+        information = torch.empty(n_pairs, device=device)
         for chunk in torch.arange(n_pairs, device=device).split(1024):
             probs = self.teacher_probs(chunk)  # [C, N]
-            self.self_information[chunk] = losses.soft_label_self_information(probs, targets[chunk])
+            information[chunk] = losses.soft_label_self_information(probs, targets[chunk])
             if keep:
-                self.probability_table[chunk] = probs
+                table[chunk] = probs
+        # Set together, once complete: an error midway (out of memory) leaves nothing half-filled behind.
+        self.probability_table, self.self_information = table, information
 
 
 class TrainingLevelTeacher(nn.Module):

@@ -65,8 +65,8 @@ class TrainConfig:
             raise CSRecError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if not self.weight_decay >= 0:
             raise CSRecError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.seed < 0:
-            raise CSRecError(f"train.seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**32:
+            raise CSRecError(f"train.seed must be in [0, 2**32) (numpy's seeding), got {self.seed}")
         if self.num_threads is not None and self.num_threads < 1:
             raise CSRecError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
         if self.layout not in LAYOUTS:
@@ -279,8 +279,12 @@ def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_trai
         saved = payload["config"]
         before = {k: saved.get(k, getattr(TrainConfig(), k)) for k in _RESUME_FIELDS}  # older files: defaults
         saved_n_train = payload["n_train"]
+    except (OSError, MemoryError) as error:  # the storage or the machine, not the file: keep it
+        raise CSRecError(f"cannot read the work checkpoint {path} ({first_line(error)}); it is kept: "
+                         "resume again once the storage is readable") from error
     except pickle.UnpicklingError as error:  # torch's message suggests weights_only=False: never here
-        raise DamagedCheckpoint("it holds objects other than tensors and plain values; refused unread, since "
+        raise DamagedCheckpoint("it holds objects other than tensors and plain values (written before work "
+                                "checkpoints were made safe to load, or not by csrec); refused unread, since "
                                 "loading it could run code") from error
     except Exception as error:
         raise DamagedCheckpoint(first_line(error)) from error

@@ -198,3 +198,23 @@ def test_empty_training_set_is_an_error(splits):
     empty = Samples(train.item_seq[:0], train.lengths[:0], train.targets[:0], train.sequence_index[:0])
     with pytest.raises(CSRecError, match="empty"):
         fit(new_model(data), empty, Sequence([0.0]), TrainConfig(**CPU))
+
+
+def test_an_unreadable_checkpoint_is_kept_and_said(splits, tmp_path, monkeypatch):
+    """A read error of the storage (not of the file's content) stops with a message and keeps the file."""
+    data, train, valid = splits
+    checkpoint = tmp_path / "last.pt"
+    run(data, train, valid, checkpoint, TrainConfig(max_epochs=1, **CPU))
+
+    def unreadable(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(CSRecError, match="cannot read the work checkpoint .* it is kept"):
+        run(data, train, valid, checkpoint, TrainConfig(max_epochs=2, **CPU))
+    assert checkpoint.is_file()
+
+
+def test_seeds_numpy_cannot_take_are_refused():
+    with pytest.raises(CSRecError, match=r"train.seed must be in \[0, 2\*\*32\)"):
+        TrainConfig(seed=2**32)
