@@ -114,3 +114,21 @@ def test_a_spec_changed_in_how_it_runs_only_opens_its_experiment(tmp_path):
                      "threads, progress); going on with it"]
     with pytest.raises(Exception, match="holds the experiment of another spec"):
         Experiment.open(_spec(tmp_path, train__device="cpu", train__max_epochs=3))
+
+
+def test_an_experiment_made_by_an_earlier_version_resumes_from_its_own_spec(tmp_path):
+    """A fingerprint this version does not compute (an earlier csrec's specs had fewer fields) is not
+    a reason to refuse the experiment's own spec.yaml; another spec is still refused."""
+    import json
+
+    from csrec.runner.experiment import Experiment
+
+    spec = _spec(tmp_path)
+    Experiment.open(spec).initialise(spec)
+    marker = tmp_path / "exp" / "experiment.json"
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"fingerprint": "0" * 20}))
+    said = []
+    assert Experiment.open(tmp_path / "exp" / "spec.yaml", log=said.append).directory == tmp_path / "exp"
+    assert any("made by an earlier version of csrec" in line for line in said)
+    with pytest.raises(Exception, match="holds the experiment of another spec"):
+        Experiment.open(_spec(tmp_path, seeds=[0, 1, 2]))

@@ -186,6 +186,11 @@ def _check_identity(directory: Path, spec: ExperimentSpec, log) -> None:
             log(f"the spec differs from the one {directory} was run with in how it runs only (device, threads, "
                 "progress); going on with it")
             return
+        # The recorded spec is this one, but its fingerprint is not what this version computes for it:
+        # an experiment made by an earlier csrec (whose specs had fewer fields). Its spec.yaml decides.
+        log(f"{directory} was made by an earlier version of csrec; its {SPEC_FILE} is this spec, so it goes on "
+            "(experiment.json is written again)")
+        return
     if known is None and recorded is None:
         raise CSRecError(f"storage: {directory} has neither a readable experiment.json nor a readable {SPEC_FILE}, "
                          f"so its spec is unknown; put the spec it was run with at {directory / SPEC_FILE} to resume "
