@@ -453,7 +453,10 @@ def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, loc
 def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
     """Tune answers SIGINT by saving its state and returning from fit: the run must stop there (exit
     130, "interrupted"), not take the stage as finished and go on to the seeds and the table."""
-    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1])
+    # Enough epochs that the search trial is still training when the signal lands (at its first
+    # report): on an idle machine the smoke spec's 2 epochs end before it, and the run with them.
+    train = {"max_epochs": 60, "patience": 60, "batch_size": 64, "progress": False, "num_threads": 1}
+    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1], train=train)
     directory = tmp_path / "exp"
     search = directory / "tune" / "search"
 
