@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CSRec command line: train one model, run/resume an experiment grid, status, tables, report.
 
-    python launch.py train --data ../shared/data/lastfm.csv --model gru4rec --out runs/gru4rec
+    python launch.py train --data lastfm --model gru4rec --out runs/gru4rec
     python launch.py run experiments/quickstart.yaml
     python launch.py table runs/quickstart --format latex
 

@@ -61,7 +61,7 @@ class Dataset:
 
 _S3REC = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data/"
 
-# One registry: name -> record. The files in ../shared/data are byte-identical to these sources.
+# One registry: name -> record (each file's source, checked against its sha256 on every use).
 REGISTRY: dict[str, Dataset] = {
     "lastfm": Dataset(
         name="lastfm",

@@ -282,7 +282,7 @@ def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_trai
     except (OSError, MemoryError) as error:  # the storage or the machine, not the file: keep it
         raise CSRecError(f"cannot read the work checkpoint {path} ({first_line(error)}); it is kept: "
                          "resume again once the storage is readable") from error
-    except pickle.UnpicklingError as error:  # torch's message suggests weights_only=False: never here
+    except pickle.UnpicklingError as error:  # refused by the safe loader: never retried unsafely
         raise DamagedCheckpoint("it holds objects other than tensors and plain values (written before work "
                                 "checkpoints were made safe to load, or not by csrec); refused unread, since "
                                 "loading it could run code") from error

@@ -29,6 +29,28 @@ def write_smoke_spec(folder: Path, name: str, **changes) -> Path:
     return path
 
 
+def quiet(_line: str) -> None:
+    """A runner log that prints nothing."""
+
+
+@pytest.fixture(scope="module")
+def local_smoke(tmp_path_factory) -> Path:
+    """The smoke spec run uninterrupted by the local backend: the reference every run must equal."""
+    from csrec.runner import run_experiment
+    folder = tmp_path_factory.mktemp("reference")
+    run_experiment(write_smoke_spec(folder, "smoke"), local=True, table=False, log=quiet)
+    return folder / "smoke"
+
+
+@pytest.fixture
+def tiny_data_config(tmp_path):
+    """A 6-user x 6-item CSV as a DataConfig (windows of 5, nothing filtered): keys and plans, no training."""
+    from csrec.data import DataConfig
+    path = tmp_path / "d.csv"
+    path.write_text("session_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(6)))
+    return DataConfig(path=str(path), max_len=5, user_min_count=1, item_min_count=1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

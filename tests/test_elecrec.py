@@ -14,7 +14,6 @@ import torch
 import launch
 from csrec.batching import TrainingData
 from csrec.config import SearchSpace, TeacherSettings, load_spec
-from csrec.data import DataConfig
 from csrec.data.splits import training_samples, training_sequences, validation_samples
 from csrec.elecrec import ELECRec, discriminator_loss, generator_loss, replace_items
 from csrec.errors import CSRecError
@@ -180,10 +179,8 @@ def test_a_tiny_fit_in_the_sequence_layout_lowers_the_loss(shared):
 # ---- the job and its refusals ------------------------------------------------------------------------
 
 @pytest.fixture
-def data_config(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("session_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(6)))
-    return DataConfig(path=str(path), max_len=5, user_min_count=1, item_min_count=1)
+def data_config(tiny_data_config):
+    return tiny_data_config
 
 
 def test_the_job_has_no_teachers_and_elecrecs_defaults(data_config):

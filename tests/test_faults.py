@@ -28,20 +28,13 @@ from test_runner import Driver, assert_same_results, created, progress, results
 import launch
 from analysis import comparison_table
 from csrec.config import load_spec
-from csrec.runner import run_experiment
 from csrec.runner.plan import make_plan
 
 
-def quiet(_line: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The smoke spec run uninterrupted by the local backend."""
-    folder = tmp_path_factory.mktemp("reference")
-    run_experiment(write_smoke_spec(folder, "smoke"), local=True, table=False, log=quiet)
-    return folder / "smoke"
+def reference(local_smoke) -> Path:
+    """The smoke spec run uninterrupted by the local backend (conftest)."""
+    return local_smoke
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from csrec.batching import Batch, TrainingData, batch_logits
-from csrec.data import DataConfig
 from csrec.data.samples import SequenceData
 from csrec.data.splits import training_samples, training_sequences, validation_samples
 from csrec.errors import CSRecError
@@ -219,14 +218,12 @@ def test_sequence_layout_resumes_to_the_identical_model(tiny_data, tmp_path):
         _fit(tiny_data, training_samples(tiny_data), dataclasses.replace(config, layout="prefix"), checkpoint)
 
 
-def test_layout_config_is_checked_and_keys_say_which_layout(tmp_path):
+def test_layout_config_is_checked_and_keys_say_which_layout(tiny_data_config):
     with pytest.raises(CSRecError, match="train.layout must be one of prefix, sequence"):
         TrainConfig(layout="rows")
     with pytest.raises(CSRecError, match="applies to layout 'sequence' only"):
         TrainConfig(batch_unit="sequences")
-    path = tmp_path / "d.csv"
-    path.write_text("session_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(6)))
-    data = DataConfig(path=str(path), max_len=5, user_min_count=1, item_min_count=1)
+    data = tiny_data_config
     prefix = base_job(data, "gru4rec", TrainConfig())
     sequence = base_job(data, "gru4rec", TrainConfig(layout="sequence"))
     by_rows = base_job(data, "gru4rec", TrainConfig(layout="sequence", batch_unit="sequences"))

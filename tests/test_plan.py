@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from csrec.config import TeacherSettings, load_spec
-from csrec.data import DataConfig
 from csrec.errors import CSRecError
 from csrec.methods import base_job, dependencies, student_job
 from csrec.runner.plan import make_plan
@@ -17,10 +16,8 @@ SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 
 
 @pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("session_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(6)))
-    return DataConfig(path=str(path), max_len=5, user_min_count=1, item_min_count=1)
+def data(tiny_data_config):
+    return tiny_data_config
 
 
 def test_csrec_m_teachers_are_base_models_with_other_seeds(data):

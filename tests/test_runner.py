@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import write_smoke_spec
+from conftest import quiet, write_smoke_spec
 
 from csrec.config import Resources, load_spec
 from csrec.errors import CSRecError
@@ -43,10 +43,6 @@ MARK = "CSREC_TEST_DRIVER"
 
 
 write_spec = write_smoke_spec
-
-
-def quiet(_line: str) -> None:
-    pass
 
 
 def results(directory: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
@@ -138,14 +134,6 @@ def created(directory: Path) -> dict[str, float]:
     return {f"{kind}/{p.name}": json.loads((p / "meta.json").read_text())["created"]
             for kind in ("models", "trials") if (root / kind).is_dir()
             for p in (root / kind).iterdir() if (p / "meta.json").is_file()}
-
-
-@pytest.fixture(scope="module")
-def local_smoke(tmp_path_factory) -> Path:
-    """The smoke spec run uninterrupted by the local backend: the reference every run must equal."""
-    folder = tmp_path_factory.mktemp("reference")
-    run_experiment(write_spec(folder, "smoke"), local=True, table=False, log=quiet)
-    return folder / "smoke"
 
 
 @pytest.fixture(scope="module")
