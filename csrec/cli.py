@@ -56,9 +56,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=int, default=100, help="most epochs")
     t.add_argument("--patience", type=int, default=10, help="epochs without better validation NDCG@10 before stopping")
     t.add_argument("--batch-size", type=int, default=256, help="training targets per Adam step (see --batch-unit)")
-    t.add_argument("--layout", default="prefix", choices=["prefix", "sequence"],
-                   help="prefix: each prefix encoded on its own (reference code); sequence: every prefix of a "
-                        "sequence from one pass (same pairs, a fraction of the encoder work)")
+    t.add_argument("--layout", default="sequence", choices=["sequence", "prefix"],
+                   help="sequence (default): every prefix of a sequence from one pass (same pairs, a fraction of "
+                        "the encoder work, as accurate: docs/REPRODUCTION.md); prefix: each prefix encoded on its "
+                        "own (the reference code's)")
     t.add_argument("--batch-unit", default="targets", choices=["targets", "sequences"],
                    help="sequence layout: --batch-size counts targets (default) or whole sequences")
     t.add_argument("--lr", type=finite, default=1e-3, help="Adam learning rate")

@@ -22,7 +22,7 @@ import yaml
 from csrec import datasets
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
-from csrec.train import TrainConfig
+from csrec.train import LEGACY_DEFAULTS, TrainConfig
 
 
 def load_dataclass(cls, raw: Any, where: str):
@@ -284,12 +284,18 @@ def _check_shape(text: str) -> None:
                              "smaller (is it a YAML bomb?)")
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and check an experiment YAML; each data set's `path` becomes an absolute file path."""
+def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
+    """Read and check an experiment YAML; each data set's `path` becomes an absolute file path.
+
+    recorded=True reads an experiment's own spec.yaml, written whole by `spec_to_yaml`: a train
+    field it lacks was written before that field existed and means what it meant then
+    (csrec.train.LEGACY_DEFAULTS: no `layout` is the prefix layout), not today's default."""
     path = Path(path)
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
     raw = read_yaml(path)
+    if recorded and isinstance(raw, dict) and isinstance(raw.get("train", {}), dict):
+        raw["train"] = LEGACY_DEFAULTS | (raw.get("train") or {})
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):

@@ -31,6 +31,9 @@ from csrec.objectives import CrossEntropy
 _RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
 # Config fields that change what is computed: a checkpoint written under other values cannot resume.
 _RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed", "layout", "batch_unit")
+# What a config written before a field existed meant by its absence: the layouts came after the prefix
+# layout, and the default became `sequence` after that (a spec.yaml or checkpoint without `layout` is prefix).
+LEGACY_DEFAULTS = {"layout": "prefix", "batch_unit": "targets"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class TrainConfig:
     eval_batch_size: int = 1024  # users scored at once during evaluation
     num_threads: int | None = None  # torch CPU threads; None leaves the process setting alone
     progress: bool = True  # print one line per epoch
-    layout: str = "prefix"  # "prefix": each prefix encoded on its own (reference) | "sequence": once per sequence
+    layout: str = "sequence"  # "sequence": every prefix of a row from one pass | "prefix": each on its own (reference)
     batch_unit: str = "targets"  # sequence layout: batch_size counts "targets" or "sequences"
 
     @property
@@ -277,7 +280,7 @@ def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_trai
         # weights_only: a checkpoint in a shared experiment directory must never run code when read.
         payload = torch.load(path, map_location="cpu", weights_only=True)
         saved = payload["config"]
-        before = {k: saved.get(k, getattr(TrainConfig(), k)) for k in _RESUME_FIELDS}  # older files: defaults
+        before = {k: saved.get(k, LEGACY_DEFAULTS.get(k, getattr(TrainConfig(), k))) for k in _RESUME_FIELDS}
         saved_n_train = payload["n_train"]
     except (OSError, MemoryError) as error:  # the storage or the machine, not the file: keep it
         raise CSRecError(f"cannot read the work checkpoint {path} ({first_line(error)}); it is kept: "

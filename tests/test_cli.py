@@ -194,5 +194,5 @@ def test_teachers_evaluates_each_students_teacher_module(finished_smoke, capsys)
     softrec = frame[(frame["method"] == "softrec") & (frame["role"] == "teacher module")].iloc[0]
     assert softrec["test_recall@10"] == pytest.approx(np.mean(recall))
     assert launch.main(["teachers", str(finished_smoke)]) == 0
-    assert "| smoke | gru4rec | csrec-m | teacher module | mean logits of gru4rec ce seed=0 + gru4rec ce seed=1 |" \
+    assert "| smoke | gru4rec | csrec-m | teacher module | mean logits of gru4rec ce seed=0, sequence layout + gru4rec ce seed=1, sequence layout |" \
         in capsys.readouterr().out

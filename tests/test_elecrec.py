@@ -257,7 +257,7 @@ def test_launch_train_method_elecrec(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, names", [
-    (["--method", "elecrec"], ["train.layout: sequence"]),
+    (["--method", "elecrec", "--layout", "prefix"], ["train.layout: sequence"]),
     (["--method", "base", "--sample-ratio", "0.5"], ["--sample-ratio", "--method base"]),
 ])
 def test_launch_train_elecrec_mistakes_exit_2(tmp_path, capsys, extra, names):

@@ -222,9 +222,10 @@ def test_layout_config_is_checked_and_keys_say_which_layout(tiny_data_config):
     with pytest.raises(CSRecError, match="train.layout must be one of prefix, sequence"):
         TrainConfig(layout="rows")
     with pytest.raises(CSRecError, match="applies to layout 'sequence' only"):
-        TrainConfig(batch_unit="sequences")
+        TrainConfig(layout="prefix", batch_unit="sequences")
+    assert TrainConfig().layout == "sequence"  # the default, since it proved as accurate (REPRODUCTION.md)
     data = tiny_data_config
-    prefix = base_job(data, "gru4rec", TrainConfig())
+    prefix = base_job(data, "gru4rec", TrainConfig(layout="prefix"))
     sequence = base_job(data, "gru4rec", TrainConfig(layout="sequence"))
     by_rows = base_job(data, "gru4rec", TrainConfig(layout="sequence", batch_unit="sequences"))
     # The prefix layout's key holds the fields it held before layouts existed: old stores stay valid.
@@ -234,3 +235,28 @@ def test_layout_config_is_checked_and_keys_say_which_layout(tiny_data_config):
     assert len({prefix.key, sequence.key, by_rows.key}) == 3
     with pytest.raises(ValueError, match="layout is 'sequence' but the training data is Samples"):
         _fit(make_sequence_data(), training_samples(make_sequence_data()), TrainConfig(layout="sequence", **CPU))
+
+
+def test_an_experiment_recorded_before_the_sequence_default_stays_in_the_prefix_layout(tmp_path):
+    """The default is `sequence` now; an experiment whose spec.yaml has no train.layout (written
+    before layouts existed) resumes in the prefix layout it was trained in, and a spec without
+    train.layout pointed at such a directory is refused with the line to add."""
+    from csrec.config import load_spec
+    from csrec.runner import SPEC_FILE, Experiment
+    from tests.conftest import quiet, write_smoke_spec
+
+    old = write_smoke_spec(tmp_path, "exp", train={"max_epochs": 2, "layout": "prefix", "progress": False})
+    experiment = Experiment.open(old, log=quiet)
+    experiment.initialise(old)
+    recorded = experiment.directory / SPEC_FILE
+    text = recorded.read_text()
+    assert "layout: prefix" in text
+    recorded.write_text(text.replace("  layout: prefix\n", ""))  # as csrec wrote it before layouts existed
+    assert load_spec(recorded).train.layout == "sequence"  # a user's spec: today's default
+    assert load_spec(recorded, recorded=True).train.layout == "prefix"  # the experiment's record: what it meant
+    resumed = Experiment.open(recorded, directory=experiment.directory, log=quiet)
+    assert resumed.spec.train.layout == "prefix"
+
+    new = write_smoke_spec(tmp_path, "exp", train={"max_epochs": 2, "progress": False})
+    with pytest.raises(CSRecError, match=r"was run in the prefix layout .* add `layout: prefix`"):
+        Experiment.open(new, log=quiet)

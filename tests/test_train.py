@@ -17,7 +17,7 @@ from csrec.evaluate import validator
 from csrec.models import build_model
 from csrec.train import TrainConfig, epoch_generator, fit, seed_everything
 
-CPU = dict(device="cpu", progress=False)
+CPU = dict(device="cpu", progress=False, layout="prefix")  # these fits train on Samples
 
 
 @pytest.fixture
@@ -124,6 +124,19 @@ def test_resume_refuses_a_checkpoint_of_another_run(splits, tmp_path):
     run(data, train, valid, tmp_path / "last.pt", config)
     with pytest.raises(CSRecError, match="learning_rate"):
         run(data, train, valid, tmp_path / "last.pt", dataclasses.replace(config, learning_rate=0.1))
+
+
+def test_a_checkpoint_written_before_the_layouts_is_the_prefix_layouts(splits, tmp_path):
+    """A work checkpoint without `layout` was made in the prefix layout (the only one then): a prefix
+    run resumes from it, though the default layout is `sequence` now."""
+    data, train, valid = splits
+    checkpoint = tmp_path / "last.pt"
+    run(data, train, valid, checkpoint, TrainConfig(max_epochs=1, **CPU))
+    payload = torch.load(checkpoint, weights_only=True)
+    del payload["config"]["layout"], payload["config"]["batch_unit"]
+    torch.save(payload, checkpoint)
+    _, _, trained = run(data, train, valid, checkpoint, TrainConfig(max_epochs=2, **CPU))
+    assert trained == [2]
 
 
 class NanOnBatch(nn.Module):

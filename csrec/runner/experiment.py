@@ -80,7 +80,7 @@ class Experiment:
     def open(cls, spec_path: str | Path, directory: str | Path | None = None, log=print) -> "Experiment":
         """Load and check the spec; refuse a directory that belongs to another spec. `directory`
         (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied."""
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, recorded=directory is not None)
         if directory is not None:
             spec = dataclasses.replace(spec, storage=str(Path(directory).expanduser().resolve()))
         directory = spec.directory
@@ -196,13 +196,19 @@ def _check_identity(directory: Path, spec: ExperimentSpec, log) -> None:
                          f"so its spec is unknown; put the spec it was run with at {directory / SPEC_FILE} to resume "
                          "it, or choose another storage folder")
     name = (known or {}).get("spec") or directory / SPEC_FILE
+    if recorded is not None and recorded.train.layout != spec.train.layout and _computes_the_same(
+            recorded, dataclasses.replace(spec, train=dataclasses.replace(spec.train, layout=recorded.train.layout))):
+        raise CSRecError(f"storage: {directory} was run in the {recorded.train.layout} layout and this spec asks for "
+                         f"the {spec.train.layout} layout (a spec without train.layout means sequence now, prefix before); add `layout: "
+                         f"{recorded.train.layout}` to the spec's train section to go on with it, or give this spec "
+                         "another storage folder")
     raise CSRecError(f"storage: {directory} holds the experiment of another spec ({name}); "
                      "give this spec its own storage directory, or resume that one")
 
 
 def _recorded_spec(directory: Path) -> ExperimentSpec | None:
     try:
-        return load_spec(directory / SPEC_FILE)
+        return load_spec(directory / SPEC_FILE, recorded=True)
     except CSRecError:
         return None
 

@@ -66,7 +66,7 @@ def teacher_quality(directory: str | Path) -> pd.DataFrame:
     module (evaluated here), each of its teachers and the student (their stored metrics). Metrics
     are fractions."""
     directory = Path(directory)
-    spec = load_spec(directory / "spec.yaml")
+    spec = load_spec(directory / "spec.yaml", recorded=True)
     store = Store(directory / "store")
     plan = make_plan(spec)
     best: dict[tuple, tuple[float, Job]] = {}
