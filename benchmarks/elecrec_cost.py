@@ -2,11 +2,11 @@
 
     python benchmarks/elecrec_cost.py [--threads 1] [--steps 40] [--repeats 3] [--batch-size 256]
 
-Three ways of training, timed in the same run over the same batches, interleaved `repeats` times:
-  base             SASRec with plain cross entropy (Base);
-  elecrec          ELECRec (csrec.elecrec, embed_only) as `fit` runs it: fit also computes the
-                   discriminator's logits on the real input, which ELECRec does not use;
-  elecrec-no-extra the same without those unused logits (what a fit that skipped them would cost).
+Two ways of training, timed in the same run over the same batches, interleaved `repeats` times,
+each as `fit` runs it (csrec.batching.training_loss):
+  base     SASRec with plain cross entropy (Base);
+  elecrec  ELECRec (csrec.elecrec, embed_only), whose objective reads no logits of the model on the
+           real input (`uses_logits = False`), so `fit` computes none.
 An ELECRec step is a generator pass (encoder + full-softmax CE over the catalogue), a draw from its
 softmax, and a discriminator pass on the replaced items (encoder + a [H, 1] head): about two
 encoder passes and one output layer, against one of each for Base.
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from step_timing import model_maker, run_steps, step_parser
-from torch import nn
 
 from csrec.data import DataConfig, load_sequence_data
 from csrec.data.splits import training_data
@@ -26,23 +25,6 @@ from csrec.elecrec import ELECRec
 from csrec.objectives import CrossEntropy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm.csv"
-
-
-class WithoutRealInputLogits(nn.Module):
-    """The discriminator as `run_steps` sees it, minus the logits on the real input ELECRec ignores."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def encode_positions(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return item_seq.new_zeros(*item_seq.shape, 0, dtype=torch.float32)  # [B, W, 0]: nothing computed
-
-    def scores(self, hidden: torch.Tensor) -> None:
-        return None
-
-    def regularization(self) -> float:
-        return 0.0
 
 
 def main() -> None:
@@ -54,15 +36,11 @@ def main() -> None:
     train = training_data(data, "sequence")
     make = model_maker("sasrec", data)
 
-    def elecrec_without_extra():
-        model = make(0)
-        return WithoutRealInputLogits(model), ELECRec(model)
-
     def elecrec():
         model = make(0)
         return model, ELECRec(model)
 
-    ways = {"base": lambda: (make(0), CrossEntropy()), "elecrec": elecrec, "elecrec-no-extra": elecrec_without_extra}
+    ways = {"base": lambda: (make(0), CrossEntropy()), "elecrec": elecrec}
     times = {name: [] for name in ways}
     for _ in range(args.repeats):
         for name, build in ways.items():

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from csrec.models import build_model
-from csrec.batching import TrainingData, batch_logits
+from csrec.batching import TrainingData, training_loss
 from csrec.train import trainable_parameters
 
 
@@ -50,7 +50,7 @@ def run_steps(model, objective, train, batch_size: int, steps: int, device: str 
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = objective(batch_logits(model, batch), batch) + model.regularization()
+        loss = training_loss(model, objective, batch)
         loss.backward()
         optimizer.step()
     if device.type == "cuda":

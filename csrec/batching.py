@@ -95,3 +95,11 @@ def batch_logits(model, batch: Batch) -> torch.Tensor:
         return model(batch.item_seq, batch.lengths)  # [B, N]
     hidden = model.encode_positions(batch.item_seq)  # [B, W, H]
     return model.scores(hidden[batch.positions])  # [T, N]
+
+
+def training_loss(model, objective, batch: Batch) -> torch.Tensor:
+    """What `fit` minimises on one batch: objective(logits, batch) + model.regularization(). An
+    objective that declares `uses_logits = False` (ELECRec, which runs its own passes) gets None
+    for the logits, so the model's forward pass and [T, H] x [H, N] product are not computed unread."""
+    logits = batch_logits(model, batch) if getattr(objective, "uses_logits", True) else None
+    return objective(logits, batch) + model.regularization()

@@ -97,9 +97,11 @@ class ELECRec(nn.Module):
     the trained model (`fit`'s `model`), held here too so that a step can run it on the replaced
     items. Needs the `sequence` layout (every position of a row at once).
 
-    `fit` passes the discriminator's logits on the real input; ELECRec has no loss on them (its
-    discriminator never scores items while training) and ignores them.
+    ELECRec has no loss on the discriminator's logits on the real input (its discriminator never
+    scores items while training): `uses_logits = False` tells `fit` not to compute them.
     """
+
+    uses_logits = False  # csrec.batching.training_loss
 
     def __init__(self, discriminator: SASRec, sample_ratio: float = 0.7, prob_power: float = 1.0,
                  gen_loss_weight: float = 1.0, dis_loss_weight: float = 0.5, model_shared_type: str = "embed_only"):
@@ -124,7 +126,7 @@ class ELECRec(nn.Module):
         nn.init.normal_(self.head.weight, std=discriminator.config.initializer_range)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, logits: torch.Tensor | None, batch) -> torch.Tensor:
+    def forward(self, logits: None, batch) -> torch.Tensor:
         return self.losses(batch)["total"]
 
     def losses(self, batch) -> dict[str, torch.Tensor]:

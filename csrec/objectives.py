@@ -1,7 +1,8 @@
 """Training objectives: what `fit` minimises for a Base model, a student and CSRec-T's main teacher.
 
 An objective is an nn.Module called as `objective(logits [B, N], batch) -> scalar`, with one row per
-(prefix, next item) pair in either training layout (csrec.batching). The teachers are frozen, so
+(prefix, next item) pair in either training layout (csrec.batching); one that reads no logits sets
+`uses_logits = False` and is passed None (csrec.batching.training_loss). The teachers are frozen, so
 everything of theirs that depends only on the training pair is computed once, before training: each
 teacher's representation of every training pair's input (`FrozenTeachers`; in the `sequence`
 layout from one pass per sequence too). A

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from csrec.batching import BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_logits, epoch_generator  # noqa: F401
+from csrec.batching import (BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_logits, epoch_generator,  # noqa: F401
+                            training_loss)
 from csrec.data.samples import Samples, TrainSequences
 from csrec.errors import CSRecError, NonFiniteLossError, first_line
 from csrec.objectives import CrossEntropy
@@ -200,7 +201,7 @@ def _train_epoch(model, objective, optimizer, data: TrainingData, config: TrainC
     # batch only spoils weights that are discarded, since the error is raised before the checkpoint.
     losses = []
     for batch in data.batches(config.batch_size, config.batch_unit, config.seed, epoch):
-        loss = objective(batch_logits(model, batch), batch) + model.regularization()
+        loss = training_loss(model, objective, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

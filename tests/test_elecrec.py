@@ -176,6 +176,24 @@ def test_a_tiny_fit_in_the_sequence_layout_lowers_the_loss(shared):
     assert objective.discriminator is model
 
 
+def test_fit_computes_no_logits_of_the_discriminator_on_the_real_input():
+    """ELECRec reads no logits of `fit`'s model (uses_logits = False): a step scores items with the
+    generator only, and its loss is the objective's total."""
+    from csrec.batching import training_loss
+    data = make_sequence_data(n_sequences=20, n_items=20, max_len=8, seed=1)
+    model = small_sasrec(data, dropout=0.0, attention_dropout=0.0)
+    objective = ELECRec(model, sample_ratio=0.5)
+    calls = []
+    original = model.scores
+    model.scores = lambda hidden: calls.append(hidden.shape) or original(hidden)
+    batch = first_batch(data)
+    torch.manual_seed(3)
+    loss = training_loss(model, objective, batch)
+    assert calls == []
+    torch.manual_seed(3)
+    assert loss.item() == pytest.approx(objective.losses(batch)["total"].item(), abs=1e-6)
+
+
 # ---- the job and its refusals ------------------------------------------------------------------------
 
 @pytest.fixture
