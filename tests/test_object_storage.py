@@ -202,7 +202,7 @@ def test_the_smoke_experiment_on_s3_killed_and_resumed_gives_the_local_table(s3_
     code, out, _ = launch_main(capsys, "table", directory)
     assert code == 0 and out.strip() == comparison_table(local_smoke).strip()
     code, out, _ = launch_main(capsys, "status", directory)
-    assert code == 0 and f"experiment {directory}" in out and "teachers: 4 of 4 in the store" in out
+    assert code == 0 and f"experiment {directory}" in out and "teachers: 5 of 5 in the store" in out
     assert (directory / "tune" / "search").is_dir()  # Tune's own state went to the bucket too
     assert not (directory / "driver.lock").exists()
 
