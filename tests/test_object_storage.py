@@ -10,7 +10,8 @@ give the local reference's table with nothing finished made again; then reused i
 
 from __future__ import annotations
 
-import io
+import contextlib
+import functools
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from test_faults import assert_refused, launch_main
 from test_runner import Driver
 
 from analysis import comparison_table
+from csrec import storage
 from csrec.errors import CSRecError
 from csrec.storage import RemotePath, location
 from csrec.store import Store, fetch
@@ -35,21 +37,15 @@ BUCKET = "csrec-test"
 SECRET = "dummy-secret-that-must-never-be-written"
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on a free port of 127.0.0.1 with bucket BUCKET; the standard variables point
-    everything (pyarrow here, drivers and their Ray workers) at it. Yields the bucket's URI."""
+@contextlib.contextmanager
+def moto_server(log: Path, **environment):
+    """A moto S3 server on a free port of 127.0.0.1 (`environment`: moto's settings); yields its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    variables = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "dummy-key-id",
-                 "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                 "CSREC_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT, env=os.environ | environment)
     try:
         deadline = time.time() + 60
         while True:
@@ -59,17 +55,31 @@ def s3(tmp_path_factory):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, "the moto server did not start"
                 time.sleep(0.1)
-        pafs.S3FileSystem(endpoint_override=variables["AWS_ENDPOINT_URL_S3"], allow_bucket_creation=True).create_dir(BUCKET)
-        yield f"s3://{BUCKET}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
-        log.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server with bucket BUCKET; the standard variables point everything (pyarrow here,
+    drivers and their Ray workers) at it. Yields the bucket's URI."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        variables = {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "dummy-key-id", "AWS_SECRET_ACCESS_KEY": SECRET,
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                     "CSREC_CACHE": str(tmp_path_factory.mktemp("cache"))}
+        saved = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        try:
+            pafs.S3FileSystem(endpoint_override=url, allow_bucket_creation=True).create_dir(BUCKET)
+            yield f"s3://{BUCKET}"
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def objects(uri: str) -> dict[str, bytes]:
@@ -251,3 +261,15 @@ def test_a_missing_bucket_or_a_bad_uri_exits_2_before_anything_is_trained(s3, tm
                                 "--out", tmp_path / "out",
                                 "--store", "s3://no-such-bucket-here/store")[::2], "--store: s3://no-such-bucket-here")
     assert not (tmp_path / "out").exists()
+
+
+def test_denied_access_exits_2_in_one_line(s3, tmp_path, capsys, monkeypatch):
+    """A server that checks credentials (moto's IAM, after the bucket is made) refuses these: one line."""
+    with moto_server(tmp_path / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="2") as url:
+        pafs.S3FileSystem(endpoint_override=url, allow_bucket_creation=True).create_dir("denied-bucket")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
+        monkeypatch.setattr(storage, "_filesystem", functools.lru_cache(storage._filesystem.__wrapped__))
+        spec = write_smoke_spec(tmp_path, "denied", storage="s3://denied-bucket/runs/smoke")
+        code, _, err = launch_main(capsys, "run", spec, "--local")
+    assert_refused(code, err, "storage: s3://denied-bucket/runs/smoke: access denied", "check the credentials")
+    assert SECRET not in err
