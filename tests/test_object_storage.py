@@ -273,3 +273,16 @@ def test_denied_access_exits_2_in_one_line(s3, tmp_path, capsys, monkeypatch):
         code, _, err = launch_main(capsys, "run", spec, "--local")
     assert_refused(code, err, "storage: s3://denied-bucket/runs/smoke: access denied", "check the credentials")
     assert SECRET not in err
+
+
+def test_train_with_its_store_on_s3_trains_a_model_once(s3, tmp_path, capsys):
+    args = ["train", "--data", "experiments/data/smoke.csv", "--model", "gru4rec", "--max-len", "8", "--epochs", "1",
+            "--device", "cpu", "--threads", "1", "--store", f"{s3}/train-store"]
+    code, first, _ = launch_main(capsys, *args, "--out", tmp_path / "a")
+    assert code == 0 and Store(f"{s3}/train-store").keys("models")
+    created_before = {k: Store(f"{s3}/train-store").meta("models", k)["created"]
+                      for k in Store(f"{s3}/train-store").keys("models")}
+    code, second, _ = launch_main(capsys, *args, "--out", tmp_path / "b")
+    assert code == 0 and first.splitlines()[-3:] == second.splitlines()[-3:]  # the same metrics, from the store
+    assert {k: Store(f"{s3}/train-store").meta("models", k)["created"] for k in created_before} == created_before
+    assert (tmp_path / "b" / "per_user.parquet").read_bytes() == (tmp_path / "a" / "per_user.parquet").read_bytes()
