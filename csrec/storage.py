@@ -65,7 +65,9 @@ def location(value, what: str = "storage") -> "Path | RemotePath":
 
 @functools.lru_cache(maxsize=None)
 def _filesystem(scheme: str, netloc: str, what: str = "storage") -> pafs.FileSystem:
-    """One file system per (scheme, bucket) and process: pyarrow's own, else fsspec's wrapped for pyarrow."""
+    """One file system per (scheme, bucket) and process: pyarrow's own, else fsspec's wrapped for pyarrow.
+    Built by `from_uri`, which reads the endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (pyarrow
+    26; `S3FileSystem()` called directly does not), and credentials from the standard chain only."""
     try:
         return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
     except Exception as pyarrow_error:  # noqa: BLE001 - pyarrow has no file system for the scheme: try fsspec
