@@ -91,7 +91,8 @@ class Store:
         folder = self.root / kind
         if isinstance(folder, RemotePath):  # one listing of the kind, not a request per artifact
             selector = pafs.FileSelector(folder.path, allow_not_found=True, recursive=True)
-            names = [info.path[len(folder.path) + 1:] for info in folder.fs.get_file_info(selector)]
+            prefix = folder.path.strip("/") + "/"  # fsspec's file systems answer with a leading "/"
+            names = [info.path.strip("/")[len(prefix):] for info in folder.fs.get_file_info(selector)]
             return sorted(name.split("/")[0] for name in names if name.count("/") == 1 and name.endswith("/" + META))
         return sorted(p.name for p in folder.iterdir() if (p / META).is_file()) if folder.is_dir() else []
 

@@ -159,6 +159,16 @@ def test_a_partial_upload_is_never_taken_for_an_artifact(s3):
     assert store.keys("models") == ["whole"]
 
 
+def test_a_store_on_a_file_system_only_fsspec_knows(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSREC_CACHE", str(tmp_path))
+    store = Store("memory://csrec-test/store")  # fsspec's in-memory file system, wrapped for pyarrow
+    store.write("models", "k", {"x": 1}, lambda d: (d / "model.pt").write_bytes(b"weights"))
+    (store.path("models", "cut") / "model.pt").write_bytes(b"w")  # no meta.json
+    assert store.keys("models") == ["k"] and not store.verify("models", "cut")
+    assert (store.require("models", "k", "the teacher") / "model.pt").read_bytes() == b"weights"
+    assert str(store.root) == "memory://csrec-test/store"
+
+
 def test_the_lease_lock_refuses_a_second_driver_and_takes_over_a_dead_one(s3, monkeypatch):
     from csrec.runner import lock
 
