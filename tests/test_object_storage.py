@@ -219,6 +219,7 @@ def test_the_smoke_experiment_on_s3_killed_and_resumed_gives_the_local_table(s3_
     assert_same_results(directory, local_smoke)
     assert comparison_table(directory) == comparison_table(local_smoke)
     assert "Traceback" not in log
+    assert "lock: the driver that held s3://csrec-test/runs/smoke (pid " in log and "(no such process); taking over" in log
     code, out, _ = launch_main(capsys, "table", directory)
     assert code == 0 and out.strip() == comparison_table(local_smoke).strip()
     code, out, _ = launch_main(capsys, "status", directory)
