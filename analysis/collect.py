@@ -21,7 +21,8 @@ import pandas as pd
 
 from csrec.errors import CSRecError
 from csrec.metrics import TIES, metric_values, parse_metric
-from csrec.store import artifact_problem
+from csrec.storage import check_reachable, location
+from csrec.store import artifact_problem, fetch
 
 TRIALS = Path("store") / "trials"
 FAILED = "failed.json"  # the runner's record of trials that failed (csrec.runner.experiment.FAILED_FILE)
@@ -94,7 +95,8 @@ class Collection:
         if key not in self._per_user:
             if key not in set(self.trials["key"]):
                 raise CSRecError(f"trial {key} is not a finished trial of {self.directory}; see Collection.trials")
-            self._per_user[key] = pd.read_parquet(self.directory / TRIALS / key / "per_user.parquet")
+            # fetch: a record on object storage is copied to this machine once, its checksums checked
+            self._per_user[key] = pd.read_parquet(fetch(self.directory / TRIALS / key) / "per_user.parquet")
         return self._per_user[key]
 
     def has_ties(self, key: str) -> bool:
@@ -124,7 +126,8 @@ class Collection:
 
 def collect(directory: str | Path) -> Collection:
     """Read every trial directory of experiment `directory` (see the module docstring)."""
-    directory = Path(directory)
+    directory = location(directory, "experiment directory")
+    check_reachable(directory, write=False, what="experiment directory")
     if not directory.is_dir():
         raise CSRecError(f"experiment directory {directory} does not exist; give the `storage` folder of a spec")
     folder = directory / TRIALS

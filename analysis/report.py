@@ -32,12 +32,15 @@ from csrec.errors import CSRecError
 def write_report(experiment_dir: str | Path, out: str | Path | None = None, share: float = POPULAR_SHARE,
                  length_bins: int | Sequence[int] = 4, html_too: bool = True, ties: str = "expected",
                  exclude_search_run: bool = False) -> Path:
-    """Write the report of `experiment_dir` to `out` (default <dir>/report.md) and report.html beside it.
+    """Write the report of `experiment_dir` to `out` (default <dir>/report.md; for an experiment on
+    object storage ./report-<name>/report.md on this machine) and report.html beside it.
 
     ties and exclude_search_run apply to the tables and the tests (analysis.tables.comparison_table)."""
     collection = collect(experiment_dir)
     directory = collection.directory
-    out = Path(out) if out is not None else directory / "report.md"
+    if out is None:
+        out = directory / "report.md" if isinstance(directory, Path) else Path(f"report-{directory.name}") / "report.md"
+    out = Path(out)
     figures = out.parent / f"{out.stem}_files"
     name = _spec_name(directory)
     options = {"ties": ties, "exclude_search_run": exclude_search_run}

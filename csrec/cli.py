@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from csrec.errors import CSRecError
+from csrec.storage import check_reachable, location, work_dir
 
 
 def finite(text: str) -> float:
@@ -83,7 +84,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="CSRec-T noise matrix h = M N: softmax factors whose columns sum to 1 (stochastic), "
                         "or the reference code's sigmoid form (its detached column bound drives h to uniform, "
                         "where the term carries no signal: kept to reproduce the reference)")
-    s.add_argument("--store", default="runs/store", help="where teachers are kept and reused (default runs/store)")
+    s.add_argument("--store", default="runs/store",
+                   help="where teachers are kept and reused: a folder or a URI such as s3://BUCKET/PREFIX (default "
+                        "runs/store)")
     e = p.add_argument_group("ELECRec (sasrec, --layout sequence; defaults: ELECRec's own)")
     e.add_argument("--sample-ratio", type=finite, help="share of positions given a generator draw, in [0, 1] (0.7)")
     e.add_argument("--prob-power", type=finite, help="the generator's softmax is raised to this power >= 0 (1.0)")
@@ -109,7 +112,9 @@ def _run_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CSRecError(f"--out {out} exists and is {'not empty' if out.is_dir() else 'a file'}; choose a new folder")
-    if Path(args.store).exists() and not Path(args.store).is_dir():
+    store_place = location(args.store, "--store")
+    check_reachable(store_place, what="--store")
+    if store_place.exists() and not store_place.is_dir():
         raise CSRecError(f"--store {args.store} is a file; give a folder for the store (default runs/store)")
     unused = [f"--{k}".replace("_", "-") for k in sorted({p for ps in GRID_PARAMS.values() for p in ps})
               if getattr(args, k) is not None and k not in GRID_PARAMS[args.method]]
@@ -128,8 +133,8 @@ def _run_train(args: argparse.Namespace) -> int:
                                model_shared_type=args.model_shared_type)
     params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
     job = student_job(args.method, base_job(data, args.model, train), params, settings)
-    store = Store(args.store)
-    work = store.root / "work"
+    store = Store(store_place)
+    work = work_dir(store.root)
     for teacher in dependencies(job):
         state = "reused" if store.verify(MODELS, teacher.key) else "training"
         print(f"teacher {teacher.describe()} [{teacher.key}]: {state}", flush=True)
@@ -175,7 +180,8 @@ def _write_out(out: Path, job, store, result: dict, arguments: dict) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         metrics = {k: result[k] for k in ("valid", "test", "best_epoch")}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        shutil.copy(store.path(MODELS, job.key) / "per_user.parquet", tmp / "per_user.parquet")
+        shutil.copy(store.require(MODELS, job.key, f"the model of {job.describe()}") / "per_user.parquet",
+                    tmp / "per_user.parquet")
         if out.exists():
             out.rmdir()  # checked empty above
         os.rename(tmp, out)
@@ -227,8 +233,10 @@ def _run_resume(args: argparse.Namespace) -> int:
                           allow_failed=args.allow_failed)
 
 
-def _experiment_directory(value: str) -> Path:
-    directory = Path(value)
+def _experiment_directory(value: str):
+    """An experiment directory that exists: a local Path, or a RemotePath whose bucket can be read."""
+    directory = location(value, "experiment directory")
+    check_reachable(directory, write=False, what="experiment directory")
     if not directory.is_dir():
         what = "is a file" if directory.exists() else "does not exist"
         raise CSRecError(f"{value} {what}; give an experiment directory (a spec's storage folder)")
@@ -278,7 +286,8 @@ def _run_table(args: argparse.Namespace) -> int:
 
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", nargs="+", help="experiment directory (several with --study)")
-    p.add_argument("--out", help="Markdown file to write (default DIR/report.md); the HTML and figures go beside it")
+    p.add_argument("--out", help="Markdown file to write (default DIR/report.md; for DIR on object storage "
+                                 "./report-NAME/report.md); the HTML and figures go beside it")
     p.add_argument("--study", choices=["m", "subsample_ratio", "noise_term", "user_fraction"],
                    help="compare the experiments given, which differ in this setting (Fig. 4b, 5, 6, 7); needs --out")
     p.add_argument("--labels", nargs="+", type=float,

@@ -22,6 +22,7 @@ import yaml
 from csrec import datasets
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
+from csrec.storage import location
 from csrec.train import LEGACY_DEFAULTS, TrainConfig
 
 
@@ -161,7 +162,7 @@ class ExperimentSpec:
     """One YAML file: datasets x models x methods, each method's grid, seeds, resources, storage."""
 
     name: str
-    storage: str  # experiment directory; made absolute against the current directory
+    storage: str  # experiment directory or URI (s3://bucket/prefix, csrec.storage); a path is made absolute
     datasets: dict[str, DataConfig]
     models: tuple[str, ...]
     methods: tuple[str, ...]
@@ -185,6 +186,9 @@ class ExperimentSpec:
             check_plain_name(f"datasets.{name}", name)
         if not self.storage.strip():
             raise CSRecError("storage is empty; give the experiment's folder (e.g. runs/<name>)")
+        location(self.storage, "storage")  # a URI with credentials or an unknown scheme: refused here
+        for entry in self.reuse:
+            location(entry, "reuse")
         for name in self.models:
             if name not in MODELS:
                 raise CSRecError(f"models: unknown model '{name}'; known: {', '.join(MODELS)}")
@@ -205,12 +209,13 @@ class ExperimentSpec:
         return self.search.get(method, SearchSpace())
 
     @property
-    def directory(self) -> Path:
-        return Path(self.storage).expanduser().resolve()
+    def directory(self):
+        """The experiment's folder: an absolute Path, or a RemotePath for a URI (csrec.storage)."""
+        return location(self.storage, "storage").resolve()
 
     @property
-    def reuse_directories(self) -> tuple[Path, ...]:
-        return tuple(Path(p).expanduser().resolve() for p in self.reuse)
+    def reuse_directories(self) -> tuple:
+        return tuple(location(p, "reuse").resolve() for p in self.reuse)
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -290,7 +295,7 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     recorded=True reads an experiment's own spec.yaml, written whole by `spec_to_yaml`: a train
     field it lacks was written before that field existed and means what it meant then
     (csrec.train.LEGACY_DEFAULTS: no `layout` is the prefix layout), not today's default."""
-    path = Path(path)
+    path = location(path, "spec")  # a resume of an experiment on object storage reads its spec.yaml there
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
     raw = read_yaml(path)

@@ -5,6 +5,14 @@ file in it. It is written under a temporary name and renamed into place when com
 sees either nothing or the whole artifact. A directory without a valid meta.json, or whose files do
 not match their checksums (a truncated checkpoint, say), does not exist: `verify` removes it so that
 it is made again, and `require` refuses to load it.
+
+On object storage (csrec.storage.RemotePath) there is no rename: the files are uploaded first and
+meta.json last, each object whole, so a folder without meta.json (an upload cut short, or one still
+going on elsewhere) is not an artifact; it is passed over, not removed (its writer may still be at
+it), and the next writer of the key overwrites it. `verify` checks there that every listed file is
+present with its recorded size (one list request); every byte is checked against its sha256 when a
+node copies the artifact into its cache (`require`, `fetch`), keyed by the checksum of its
+meta.json, so a model is downloaded once per node, not read over the network every epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +27,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow.fs as pafs
+
+from csrec import storage
 from csrec.errors import CSRecError
+from csrec.storage import RemotePath
 
 META = "meta.json"
 
@@ -43,19 +55,16 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_text_atomic(path: Path | RemotePath, text: str) -> None:
+    """Write text so that readers see the old or the new file, never part of one (storage.write_atomic)."""
+    storage.write_atomic(path, text.encode())
 
 
-def read_json(path: Path, log=None, consequence: str = "") -> dict | None:
+def read_json(path: Path | RemotePath, log=None, consequence: str = "") -> dict | None:
     """The JSON object in `path`; None when the file is missing or is no readable JSON object (then,
     with `log`, one line says so and what follows: `consequence`)."""
     try:
-        value = json.loads(Path(path).read_text())
+        value = json.loads(storage.location(path).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
@@ -70,16 +79,21 @@ def read_json(path: Path, log=None, consequence: str = "") -> dict | None:
 
 
 class Store:
-    """Artifacts under `root`, grouped by kind ("models", "trials")."""
+    """Artifacts under `root` (a local folder or a URI), grouped by kind ("models", "trials")."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | RemotePath):
+        self.root = storage.location(root, "store")
 
-    def path(self, kind: str, key: str) -> Path:
+    def path(self, kind: str, key: str) -> Path | RemotePath:
         return self.root / kind / key
 
     def keys(self, kind: str) -> list[str]:
         folder = self.root / kind
+        if isinstance(folder, RemotePath):  # one listing of the kind, not a request per artifact
+            selector = pafs.FileSelector(folder.path, allow_not_found=True, recursive=True)
+            prefix = folder.path.strip("/") + "/"  # fsspec's file systems answer with a leading "/"
+            names = [info.path.strip("/")[len(prefix):] for info in folder.fs.get_file_info(selector)]
+            return sorted(name.split("/")[0] for name in names if name.count("/") == 1 and name.endswith("/" + META))
         return sorted(p.name for p in folder.iterdir() if (p / META).is_file()) if folder.is_dir() else []
 
     def verify(self, kind: str, key: str) -> bool:
@@ -90,18 +104,27 @@ class Store:
         problem = artifact_problem(folder)
         if problem is None:
             return True
+        if problem == "no meta.json" and isinstance(folder, RemotePath):
+            return False  # an upload cut short, or going on elsewhere: not an artifact, and not ours to remove
         warnings.warn(f"store: {kind}/{key} is damaged ({problem}); removing it so that it is made again")
-        shutil.rmtree(folder, ignore_errors=True)
+        storage.remove_tree(folder)
         return False
 
     def require(self, kind: str, key: str, what: str) -> Path:
-        """The artifact's folder, or an error naming what is missing (never an untrained stand-in)."""
-        if not self.verify(kind, key):
-            raise CSRecError(
-                f"{what} ({kind}/{key}) is missing or damaged in the store {self.root}; "
-                "train it first (launch.py run/train make missing teachers) or point --store at the right folder"
-            )
-        return self.path(kind, key)
+        """The artifact's folder on this node (a remote one copied into the cache), or an error naming
+        what is missing (never an untrained stand-in)."""
+        problem = None if self.verify(kind, key) else "missing or damaged"
+        if problem is None:
+            try:
+                return fetch(self.path(kind, key))
+            except (OSError, ValueError, KeyError) as error:  # a remote file that does not match its checksum
+                warnings.warn(f"store: {kind}/{key} is damaged ({error}); removing it so that it is made again")
+                storage.remove_tree(self.path(kind, key))
+                problem = "damaged"
+        raise CSRecError(
+            f"{what} ({kind}/{key}) is {problem} in the store {self.root}; "
+            "train it first (launch.py run/train make missing teachers) or point --store at the right folder"
+        )
 
     def meta(self, kind: str, key: str) -> dict:
         return json.loads((self.path(kind, key) / META).read_text())
@@ -117,7 +140,7 @@ class Store:
 
             def fill(folder: Path) -> None:
                 for name, digest in files.items():
-                    shutil.copy2(source / name, folder / name)
+                    storage.copy_to_local(source / name, folder / name)
                     if file_sha256(folder / name) != digest:
                         raise ValueError(f"{name} does not match its checksum")
 
@@ -126,18 +149,26 @@ class Store:
             return False
         return True
 
-    def write(self, kind: str, key: str, config: Any, fill: Callable[[Path], None]) -> Path:
-        """Make artifact `key`: `fill(tmp_dir)` writes its files; checksums and rename follow."""
+    def write(self, kind: str, key: str, config: Any, fill: Callable[[Path], None]) -> Path | RemotePath:
+        """Make artifact `key`: `fill(tmp_dir)` writes its files (a local folder); checksums, then the
+        rename (local) or the upload with meta.json last (object storage) follow."""
         final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        staging = storage.cache_dir() / "staging" if isinstance(final, RemotePath) else final.parent
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             fill(tmp)
-            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            meta = {"key": key, "config": config, "files": files, "created": time.time()}
+            paths = [p for p in sorted(tmp.iterdir()) if p.is_file()]
+            meta = {"key": key, "config": config, "files": {p.name: file_sha256(p) for p in paths},
+                    "sizes": {p.name: p.stat().st_size for p in paths}, "created": time.time()}
             write_json_atomic(tmp / META, meta)
             if self.verify(kind, key):  # another writer finished the same artifact first
+                return final
+            if isinstance(final, RemotePath):  # no rename there: every file, then meta.json
+                for path in paths:
+                    storage.upload(path, final / path.name)
+                storage.upload(tmp / META, final / META)
                 return final
             try:
                 os.rename(tmp, final)
@@ -149,16 +180,51 @@ class Store:
         return final
 
 
-def artifact_problem(folder: Path) -> str | None:
-    """Why `folder` is not a complete, intact artifact, or None. Reads only."""
+def fetch(folder: Path | RemotePath) -> Path:
+    """A complete artifact's files on this node: a local folder as it is; a remote one copied into
+    the cache, keyed by the sha256 of its meta.json (which names every file's digest), each file
+    checked against its digest (ValueError when one does not match). Copied once per node."""
+    if not isinstance(folder, RemotePath):
+        return folder
+    meta_bytes = (folder / META).read_bytes()
+    target = storage.cache_dir() / "artifacts" / hashlib.sha256(meta_bytes).hexdigest()[:32]
+    if (target / META).is_file():  # written last: the files before it are complete and checked
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name, digest in json.loads(meta_bytes)["files"].items():
+        if (target / name).is_file():
+            continue
+        tmp = target / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            storage.copy_to_local(folder / name, tmp)
+            if file_sha256(tmp) != digest:
+                raise ValueError(f"{name} does not match its checksum")
+            os.replace(tmp, target / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    storage.write_atomic(target / META, meta_bytes)
+    return target
+
+
+def artifact_problem(folder: Path | RemotePath) -> str | None:
+    """Why `folder` is not a complete, intact artifact, or None. Reads only. On object storage the
+    files are checked by presence and size here, by content when fetched (module docstring)."""
+    remote = folder.listing() if isinstance(folder, RemotePath) else None
     meta_path = folder / META
-    if not meta_path.is_file():
+    if (META not in remote) if remote is not None else not meta_path.is_file():
         return "no meta.json"
     try:
-        files = json.loads(meta_path.read_text())["files"]
-    except (ValueError, KeyError):
+        meta = json.loads(meta_path.read_text())
+        files, sizes = meta["files"], meta.get("sizes", {})
+    except (ValueError, KeyError, TypeError):
         return "unreadable meta.json"
     for name, digest in files.items():
+        if remote is not None:
+            if name not in remote:
+                return f"{name} is missing"
+            if name in sizes and remote[name].size != sizes[name]:
+                return f"{name} does not match its recorded size"
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"

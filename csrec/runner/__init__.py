@@ -10,7 +10,7 @@ from pathlib import Path
 from csrec.jobs import MODELS
 from csrec.runner.experiment import (SPEC_FILE, Experiment, all_teachers, execute, failed_trials_error, missing,
                                      reuse_stores)
-from csrec.runner.lock import ExperimentLock
+from csrec.runner.lock import experiment_lock
 from csrec.runner.plan import make_plan
 from csrec.runner.trials import trial_result
 
@@ -37,8 +37,8 @@ def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | 
 
         backend = RayBackend(address, log)
     backend.check(experiment.spec)  # before anything is written: a request no node holds waits forever
-    experiment.directory.mkdir(parents=True, exist_ok=True)
-    with ExperimentLock(experiment.directory, log):
+    experiment.directory.mkdir(parents=True, exist_ok=True)  # nothing to make on object storage
+    with experiment_lock(experiment.directory, log):
         experiment.initialise(spec_path)
         execute(experiment, backend, log)
         failures = experiment.failures()

@@ -27,6 +27,7 @@ from csrec.methods import Job, data_fingerprint, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.tpe import run_tpe
 from csrec.runner.trials import TRIALS, best_points, record_stored, trial_result
+from csrec.storage import RemotePath, check_reachable, location, work_dir
 from csrec.store import Store, config_key, read_json, write_json_atomic, write_text_atomic
 
 SPEC_FILE = "spec.yaml"
@@ -45,7 +46,7 @@ class Backend(Protocol):
 @dataclasses.dataclass
 class Experiment:
     spec: ExperimentSpec
-    directory: Path
+    directory: Path | RemotePath  # a local folder or a folder on object storage (csrec.storage)
     log: Callable = print
 
     def __getstate__(self):  # Tune pickles its callbacks (LiveView holds the experiment): not the printer
@@ -57,7 +58,8 @@ class Experiment:
 
     @property
     def work_dir(self) -> Path:
-        return self.directory / "store" / "work"
+        """Epoch checkpoints: store/work, or a folder on this node for an experiment on object storage."""
+        return work_dir(self.directory / "store")
 
     def adopt(self, jobs: list[Job], log=print) -> None:
         """Copy into this store the models of `jobs` (and of their teachers) that it lacks and a
@@ -79,11 +81,13 @@ class Experiment:
     @classmethod
     def open(cls, spec_path: str | Path, directory: str | Path | None = None, log=print) -> "Experiment":
         """Load and check the spec; refuse a directory that belongs to another spec. `directory`
-        (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied."""
+        (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied.
+        On object storage the bucket is checked first (exists, may be listed and written)."""
         spec = load_spec(spec_path, recorded=directory is not None)
         if directory is not None:
-            spec = dataclasses.replace(spec, storage=str(Path(directory).expanduser().resolve()))
+            spec = dataclasses.replace(spec, storage=str(location(directory).resolve()))
         directory = spec.directory
+        check_reachable(directory)
         if directory.exists() and not directory.is_dir():
             raise CSRecError(f"storage: {directory} is a file; give the path of a folder for the experiment")
         if (directory / "experiment.json").exists() or (directory / SPEC_FILE).exists():
@@ -108,7 +112,7 @@ class Experiment:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.directory / SPEC_FILE, spec_to_yaml(self.spec))
         write_json_atomic(self.directory / "experiment.json",
-                          {"fingerprint": spec_fingerprint(self.spec), "spec": str(Path(spec_path).resolve()),
+                          {"fingerprint": spec_fingerprint(self.spec), "spec": str(location(spec_path).resolve()),
                            "name": self.spec.name})
 
     def progress(self, **fields) -> None:

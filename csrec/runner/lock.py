@@ -5,6 +5,15 @@ process ends, however it ends (kill -9 included). So on one host a lock file who
 taken is stale: its driver is gone, and the new driver takes it over and says so. A lock written on
 another host cannot be checked from here (flock over NFS is not to be relied on): it is refused with
 its holder named and the way to remove it once that driver is known to be gone.
+
+On object storage there is no flock: `LeaseLock` writes the lock object with an owner token and the
+end of a lease that a thread renews every LEASE_S / 4 seconds, and reads it back SETTLE_S seconds
+later: of two drivers starting together the later write wins and the other is refused. A lock whose
+lease has ended (its driver stopped renewing it: killed, or its machine lost), or whose driver is a
+dead process on this host, is taken over and said. (S3's conditional write, If-None-Match, would
+close the gap of a driver paused between reading and writing for longer than SETTLE_S; pyarrow,
+which gives us every file system through one interface, cannot send it. Hosts' clocks must agree
+to well within LEASE_S.)
 """
 
 from __future__ import annotations
@@ -13,12 +22,22 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 
 from csrec.errors import CSRecError
+from csrec.storage import RemotePath
 
 LOCK_FILE = "driver.lock"
+LEASE_S = 60.0  # a lease not renewed for this long is stale: its driver is gone
+SETTLE_S = 2.0  # from writing the lock to reading it back: a second driver's write in between wins
+
+
+def experiment_lock(directory, log=print) -> "ExperimentLock | LeaseLock":
+    """The lock for an experiment directory: an flock locally, a lease on object storage."""
+    return LeaseLock(directory, log) if isinstance(directory, RemotePath) else ExperimentLock(directory, log)
 
 
 class ExperimentLock:
@@ -69,23 +88,97 @@ class ExperimentLock:
             self.handle = None
 
 
-def holder(directory: Path) -> str | None:
-    """Who holds the experiment, as `status` says it (reads only; a pid on this host is checked)."""
-    path = Path(directory) / LOCK_FILE
+class LeaseLock:
+    """`with LeaseLock(directory, log):` holds an experiment on object storage (module docstring)."""
+
+    def __init__(self, directory: RemotePath, log=print):
+        self.path = directory / LOCK_FILE
+        self.log = log
+        self.owner = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> "LeaseLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        previous = _read(self.path) if self.path.exists() else None
+        if previous is not None:
+            stale = _stale(previous, lease=True)
+            if stale is None:
+                raise CSRecError(f"{self.path.parent} is being run by another driver ({_describe(previous)}); wait for "
+                                 "it to end or stop it, then resume; `launch.py status DIR` shows its progress")
+            self.log(f"lock: the driver that held {self.path.parent} ({_describe(previous)}) is gone ({stale}); "
+                     "taking over")
+        self._write()
+        time.sleep(SETTLE_S)
+        current = _read(self.path)
+        if current.get("owner") != self.owner:
+            raise CSRecError(f"{self.path.parent} was taken by another driver starting at the same time "
+                             f"({_describe(current)}); wait for it to end or stop it, then resume")
+        self._renewer = threading.Thread(target=self._renew, name="csrec-lock-lease", daemon=True)
+        self._renewer.start()
+
+    def _write(self) -> None:
+        self.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                                         "owner": self.owner, "expires": time.time() + LEASE_S}))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                current = _read(self.path)
+                if current.get("owner") != self.owner:
+                    self.log(f"warning: lock: {self.path} was taken over by another driver ({_describe(current)}) "
+                             "while this one ran (a pause longer than the lease?); stop one of them")
+                    return
+                self._write()
+            except OSError:  # the store unreachable for a moment: the next renewal tries again
+                continue
+
+    def release(self) -> None:
+        if self._renewer is None:
+            return
+        self._stop.set()
+        self._renewer.join()
+        self._renewer = None
+        if _read(self.path).get("owner") == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def holder(directory) -> str | None:
+    """Who holds the experiment, as `status` says it (reads only; a pid on this host is checked, and
+    on object storage the lease)."""
+    path = directory / LOCK_FILE
     if not path.exists():
         return None
     content = _read(path)
+    stale = _stale(content, lease=isinstance(path, RemotePath))
+    if stale is not None and not content.get("unreadable"):
+        return f"none: the lock of {_describe(content)} is stale ({stale}); the next run takes it over"
+    return _describe(content)
+
+
+def _stale(content: dict, lease: bool) -> str | None:
+    """Why the driver a lock names is gone, or None when it may be running."""
+    if content.get("unreadable"):
+        return "its lock is unreadable" if lease else None  # a lock object is written whole: not a driver's
     if content.get("host") == socket.gethostname() and isinstance(content.get("pid"), int):
         try:
             os.kill(content["pid"], 0)
         except ProcessLookupError:
-            return f"none: the lock of {_describe(content)} is stale (no such process); the next run takes it over"
+            return "no such process"
         except PermissionError:
             pass  # alive, another user's
-    return _describe(content)
+    if lease and not content.get("expires", 0) > time.time():
+        return f"its lease ended at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(content.get('expires', 0)))}"
+    return None
 
 
-def _read(path: Path) -> dict:
+def _read(path) -> dict:
     try:
         content = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):

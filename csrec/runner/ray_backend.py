@@ -42,6 +42,7 @@ from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
 from csrec.runner.signals import sigterm_as_ctrl_c
 from csrec.runner.trials import run_trial
+from csrec.storage import remove_tree, tune_storage
 from csrec.store import Store, write_json_atomic
 
 TRAINABLE = "csrec_student"
@@ -236,7 +237,7 @@ class RayBackend:
             self.log(f"{stage}: the Tune folder {path} of an earlier driver is a cache, not restored; rebuilt from "
                      f"the store: {len(trials)} trial(s) without a record run in a new Tuner, each from its last "
                      "epoch checkpoint")
-            shutil.rmtree(path)
+            remove_tree(path)
         # The point numbers Tune's folders show, for a reader (never read back: the trials travel in memory).
         write_json_atomic(tune_dir / f"{stage}.trials.json", [t.record() | {"label": t.label()} for t in trials])
         trainable = tune.with_resources(
@@ -252,7 +253,7 @@ class RayBackend:
             # jobs._load) runs trial after trial instead of being started for each one.
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials),
                                         max_concurrent_trials=lanes, reuse_actors=True),
-            run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
+            run_config=tune.RunConfig(name=stage, **tune_storage(tune_dir), verbose=0, callbacks=[view],
                                       failure_config=tune.FailureConfig(max_failures=3),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )

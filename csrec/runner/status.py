@@ -11,12 +11,13 @@ from csrec.runner.experiment import FAILED_FILE
 from csrec.runner.lock import holder
 from csrec.runner.plan import SELECTION_METRIC
 from csrec.runner.trials import TRIALS, best_valid_by_method
+from csrec.storage import location
 from csrec.store import Store, read_json
 
 
 def status(directory: str | Path) -> str:
     """What is done, running and failed, read from files only (works while the driver runs)."""
-    directory = Path(directory)
+    directory = location(directory, "experiment directory")
     plan_file = directory / "plan.json"
     if not plan_file.is_file():
         raise CSRecError(f"{directory}: no plan.json, so not an experiment directory (or one never started); give "

@@ -24,6 +24,7 @@ from csrec.methods import Job
 from csrec.objectives import popularity_teacher
 from csrec.runner.experiment import searched_tpe_trials
 from csrec.runner.plan import make_plan
+from csrec.storage import location
 from csrec.store import Store
 
 METRICS = ("recall@10", "ndcg@10")
@@ -65,7 +66,7 @@ def teacher_quality(directory: str | Path) -> pd.DataFrame:
     """Per soft-label cell (its best finished search point on validation NDCG@10): the teacher
     module (evaluated here), each of its teachers and the student (their stored metrics). Metrics
     are fractions."""
-    directory = Path(directory)
+    directory = location(directory, "experiment directory")
     spec = load_spec(directory / "spec.yaml", recorded=True)
     store = Store(directory / "store")
     plan = make_plan(spec)

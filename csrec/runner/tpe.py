@@ -24,6 +24,7 @@ import random
 import optuna
 
 from csrec.errors import CSRecError, first_line
+from csrec.storage import RemotePath
 from csrec.runner.plan import SELECTION_METRIC, trial_for
 from csrec.runner.trials import record_stored, trial_result
 
@@ -48,7 +49,11 @@ def open_study(cell: tuple, experiment) -> optuna.Study:
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial: the runner logs its own
-    journal = experiment.directory / "optuna.journal"
+    # Optuna's journal is a local file: an experiment on object storage keeps it in this node's work
+    # folder (resumed on another machine, a TPE cell starts a new study; points in the store are answered from it).
+    folder = experiment.work_dir if isinstance(experiment.directory, RemotePath) else experiment.directory
+    folder.mkdir(parents=True, exist_ok=True)
+    journal = folder / "optuna.journal"
     name = f"{experiment.spec.name}-{'-'.join(cell)}"
     sampler = optuna.samplers.TPESampler(seed=experiment.spec.seeds[0], constant_liar=True)
     try:

@@ -31,7 +31,7 @@ def write_record(trial: Trial, store: Store) -> dict:
         return trial_result(store, trial)
     result = read_result(store, trial.job)
     record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")}
-    source = store.path(MODELS, trial.job.key) / "per_user.parquet"
+    source = store.require(MODELS, trial.job.key, f"the model of {trial.label()}") / "per_user.parquet"
 
     def fill(folder: Path) -> None:
         (folder / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
