@@ -136,6 +136,8 @@ class Job:
         params = ", ".join(f"{k}={v:g}" for k, v in self.params)
         sub = f", p={self.subsample_ratio:g}" if self.subsample_ratio < 1 else ""
         layout = ", sequence layout" if self.train.layout == "sequence" else ""
+        if self.objective == PRETRAINING:
+            layout = f", {self.train.max_epochs} epochs of {self.train.batch_size} prefixes"
         return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}{layout}"
 
 
