@@ -43,30 +43,30 @@ def read_attribute_file(path: str) -> dict[str, tuple[int, ...]]:
     what to change."""
     file = Path(path)
     if not file.is_file():
-        raise CSRecError(f"attributes: no file at {file}; give an item2attributes JSON file or a registered "
+        raise CSRecError(f"no file at {file}; give an item2attributes JSON file or a registered "
                          "data set's name (`launch.py data list`)")
     if file.stat().st_size > MAX_ATTRIBUTE_FILE_BYTES:
-        raise CSRecError(f"attributes: {file} has {file.stat().st_size} bytes, more than the "
+        raise CSRecError(f"{file} has {file.stat().st_size} bytes, more than the "
                          f"{MAX_ATTRIBUTE_FILE_BYTES} an attribute file may have")
     try:
         raw = json.loads(file.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise CSRecError(f"attributes: {file} is not JSON ({str(error).splitlines()[0]}); write one object "
+        raise CSRecError(f"{file} is not JSON ({str(error).splitlines()[0]}); write one object "
                          '{"item id": [attribute ids], ...}') from None
     if not isinstance(raw, dict) or not raw:
-        raise CSRecError(f"attributes: {file} holds a JSON {type(raw).__name__}{' that is empty' if not raw else ''}; "
+        raise CSRecError(f"{file} holds a JSON {type(raw).__name__}{' that is empty' if not raw else ''}; "
                          'write one non-empty object {"item id": [attribute ids], ...}')
     checked = {}
     for item, ids in raw.items():
         if not isinstance(ids, list) or any(type(a) is not int for a in ids):
-            raise CSRecError(f"attributes: {file}: item {item!r} has {ids!r}; give each item a list of integer "
+            raise CSRecError(f"{file}: item {item!r} has {ids!r}; give each item a list of integer "
                              "attribute ids")
         if any(a < 1 for a in ids):
-            raise CSRecError(f"attributes: {file}: item {item!r} has attribute id {min(ids)}; ids start at 1 "
+            raise CSRecError(f"{file}: item {item!r} has attribute id {min(ids)}; ids start at 1 "
                              "(0 is padding): add 1 to every id of a file that counts from 0")
         checked[str(item)] = tuple(ids)
     if not any(checked.values()):
-        raise CSRecError(f"attributes: {file} gives no item any attribute; S3Rec's attribute objectives need some")
+        raise CSRecError(f"{file} gives no item any attribute; S3Rec's attribute objectives need some")
     return checked
 
 
