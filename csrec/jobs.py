@@ -147,10 +147,10 @@ def pretrain_job(job: Job, store: Store, work_dir: Path) -> dict:
     seed_everything(job.stream_seed)
     config = model_config(job.model, **dict(job.model_overrides))
     module = S3RecPretraining(data.n_items, data.max_len, config, attributes.n_attributes)
-    weights = dict(job.params)
     checkpoint = Path(work_dir) / job.key / "pretraining.pt"
     train = dataclasses.replace(job.train, seed=job.stream_seed)
-    history = pretrain(module, pretraining_data(data), torch.from_numpy(attributes.labels), weights, train, checkpoint)
+    history = pretrain(module, pretraining_data(data), torch.from_numpy(attributes.labels), dict(job.params), train,
+                       checkpoint)
     result = {"key": job.key, "job": job.describe(), "attribute_coverage": attributes.coverage,
               "history": [dataclasses.asdict(h) for h in history],
               "started": started, "seconds": time.time() - started}

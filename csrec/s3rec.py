@@ -230,9 +230,10 @@ class PretrainingEpoch:
     seconds: float
 
 
-def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.Tensor, weights: dict[str, float],
+def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.Tensor, params: dict[str, float],
              config: TrainConfig, checkpoint: Path, log=print) -> list[PretrainingEpoch]:
-    """`config.max_epochs` epochs of Adam on shuffled batches of `config.batch_size` prefixes.
+    """`config.max_epochs` epochs of Adam on shuffled batches of `config.batch_size` prefixes;
+    `params`: the four `<objective>_weight`s and `mask_ratio`.
 
     Every draw of an epoch (order, masks, negatives, segments, dropout) comes from (config.seed,
     epoch), so a run resumed from the epoch checkpoint `checkpoint` ends as an uninterrupted one. A
@@ -254,9 +255,9 @@ def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.
         order = torch.randperm(len(data), generator=generator)
         for number, rows in enumerate(order.split(config.batch_size), 1):
             batch = sample_batch(data.prefixes[rows], data.lengths[rows], data.long_sequence, module.mask_item,
-                                 weights["mask_ratio"], generator)
+                                 params["mask_ratio"], generator)
             losses = module.losses(_to(batch, device), attributes)
-            losses["total"] = total_loss(losses, weights)
+            losses["total"] = total_loss(losses, params)
             if not torch.isfinite(losses["total"]):
                 raise NonFiniteLossError(f"the S3Rec pretraining loss is {losses['total'].item()} at epoch {epoch}, "
                                          f"batch {number}: lower train.learning_rate (now {config.learning_rate})")

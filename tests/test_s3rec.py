@@ -25,11 +25,11 @@ from csrec.methods import GRID_PARAMS, PRETRAINING, S3REC_DEFAULTS, base_job, de
 from csrec.models import SASRecConfig, build_model
 from csrec.runner import run_experiment
 from csrec.runner.plan import make_plan
-from csrec.s3rec import (PretrainingBatch, S3RecPretraining, attribute_loss, pairwise_loss, pretraining_data,
-                         sample_batch, student_state, total_loss)
+from csrec.s3rec import (PretrainingBatch, S3RecPretraining, attribute_loss, pairwise_loss, pretrain,
+                         pretraining_data, sample_batch, student_state, total_loss)
 from csrec.store import Store
 from csrec.train import TrainConfig
-from tests.conftest import write_smoke_spec
+from tests.conftest import make_sequence_data, write_smoke_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_DATA = ROOT / "experiments" / "data" / "smoke.csv"
@@ -347,3 +347,36 @@ def test_launch_train_s3rec_mistakes_exit_2(tmp_path, capsys, extra, names):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(name in err[0] for name in names), err
     assert not (tmp_path / "out").exists()
+
+
+def test_pretraining_resumed_from_its_epoch_checkpoint_ends_as_an_uninterrupted_run(tmp_path):
+    data = make_sequence_data(n_sequences=12, n_items=9, max_len=6, seed=3)
+    samples = pretraining_data(data)
+    attributes = torch.zeros(data.n_items + 1, 4, dtype=torch.bool)
+    attributes[1:, 1:] = torch.rand(data.n_items, 3, generator=torch.Generator().manual_seed(0)) < 0.5
+    with_dropout = SASRecConfig(embedding_size=8, num_heads=2, inner_size=16)  # dropout 0.3: its stream counts too
+
+    class Stop(Exception):
+        pass
+
+    def run(checkpoint, stop_after=None, epochs=2):
+        torch.manual_seed(0)
+        module = S3RecPretraining(data.n_items, data.max_len, with_dropout, 3)
+        config = TrainConfig(max_epochs=epochs, batch_size=5, seed=4, device="cpu")
+
+        def log(line):  # called after each epoch's checkpoint is written
+            if stop_after is not None and line.startswith(f"pretraining epoch {stop_after:3d}"):
+                raise Stop
+
+        return module, pretrain(module, samples, attributes, S3REC_DEFAULTS, config, checkpoint, log)
+
+    whole, history = run(tmp_path / "a.pt")
+    with pytest.raises(Stop):
+        run(tmp_path / "b.pt", stop_after=1)  # killed after epoch 1
+    resumed, again = run(tmp_path / "b.pt")
+    assert [h.epoch for h in history] == [1, 2] and [h.losses for h in again] == [h.losses for h in history]
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    with pytest.warns(UserWarning, match="cannot be used"):  # another run's checkpoint (3 epochs): discarded
+        run(tmp_path / "b.pt", epochs=3)
+    assert history[0].losses["total"] == pytest.approx(
+        sum(S3REC_DEFAULTS[f"{k}_weight"] * history[0].losses[k] for k in ("aap", "mip", "map", "sp")), rel=1e-6)
