@@ -124,7 +124,7 @@ class PretrainingBatch:
     negative_items: torch.Tensor  # MIP's negative at each masked position (elsewhere the item itself)
     masked_segment: torch.Tensor  # items with the segment masked (SP's context)
     positive_segment: torch.Tensor  # the segment, every other real position masked
-    negative_segment: torch.Tensor  # a segment of another sequence at the same positions
+    negative_segment: torch.Tensor  # as positive_segment, its segment cut at random from the long sequence
     has_segment: torch.Tensor  # [B] bool: length >= 2 (SP needs a segment and a context)
 
 
