@@ -28,9 +28,9 @@ from csrec.errors import CSRecError
 from csrec.metrics import TIE_RULES, TIES
 
 METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T",
-                "elecrec": "ELECRec"}
+                "elecrec": "ELECRec", "s3rec": "S3Rec"}
 MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
-DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "ml-100k": "ML-100K"}
+DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "beauty": "Beauty", "ml-100k": "ML-100K"}
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "recall+": "Recall+", "ndcg+": "NDCG+"}
 _PER_USER = ("on the users' test values, each user's value averaged over the seeds; it asks whether these "
              "trained models differ on these users, not whether the method is better across seeds")

@@ -95,10 +95,21 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     e.add_argument("--model-shared-type", default="embed_only", choices=["embed_only", "full"],
                    help="what the generator shares with the discriminator: item and position embeddings "
                         "(embed_only), or those and the transformer layers (full)")
+    r = p.add_argument_group("S3Rec (sasrec, --layout sequence; pretraining defaults: the S3Rec authors')")
+    r.add_argument("--attributes", help="item attributes for the pretraining: a registered data set's name (its "
+                                        "attribute file) or an item2attributes JSON file {item id: [attribute ids]}")
+    r.add_argument("--aap-weight", type=finite, help="weight of associated attribute prediction >= 0 (0.2)")
+    r.add_argument("--mip-weight", type=finite, help="weight of masked item prediction >= 0 (1.0)")
+    r.add_argument("--map-weight", type=finite, help="weight of masked attribute prediction >= 0 (1.0)")
+    r.add_argument("--sp-weight", type=finite, help="weight of segment prediction >= 0 (0.5)")
+    r.add_argument("--mask-ratio", type=finite, help="probability that an item (but the last) is masked, in [0, 1] (0.2)")
+    r.add_argument("--pretrain-epochs", type=int, default=150, help="pretraining epochs (150: the authors' Beauty "
+                                                                     "checkpoint)")
+    r.add_argument("--pretrain-batch-size", type=int, default=100, help="prefixes per pretraining Adam step (100)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from csrec.config import TeacherSettings
+    from csrec.config import TeacherSettings, resolve_attributes
     from csrec.data import DataConfig
     from csrec.jobs import MODELS, train_job
     from csrec.methods import GRID_PARAMS, base_job, dependencies, student_job
@@ -122,15 +133,22 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CSRecError(f"{', '.join(unused)} do(es) not apply to --method {args.method} (it uses "
                          f"{', '.join(('--' + k).replace('_', '-') for k in GRID_PARAMS[args.method]) or 'none of them'}); remove "
                          f"{'it' if len(unused) == 1 else 'them'} or choose the method that uses it")
+    attributes = None
+    if args.attributes is not None:
+        try:
+            attributes = resolve_attributes(args.attributes)
+        except CSRecError as error:
+            raise CSRecError(f"--attributes {args.attributes}: {error}") from None
     data = DataConfig(**_train_data(args), format=args.format, user_min_count=args.user_min_count,
-                      item_min_count=args.item_min_count, exclude_history=args.exclude_history)
+                      item_min_count=args.item_min_count, exclude_history=args.exclude_history, attributes=attributes)
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
                         patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads,
                         layout=args.layout, batch_unit=args.batch_unit)
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
                                kl_direction=args.kl_direction, noise_term=args.noise_term,
                                noise_parametrization=args.noise_parametrization,
-                               model_shared_type=args.model_shared_type)
+                               model_shared_type=args.model_shared_type, pretrain_epochs=args.pretrain_epochs,
+                               pretrain_batch_size=args.pretrain_batch_size)
     params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
     job = student_job(args.method, base_job(data, args.model, train), params, settings)
     store = Store(store_place)

@@ -21,6 +21,7 @@ import yaml
 
 from csrec import datasets
 from csrec.data import DataConfig
+from csrec.data.attributes import read_attribute_file
 from csrec.errors import CSRecError
 from csrec.storage import location
 from csrec.train import LEGACY_DEFAULTS, TrainConfig
@@ -99,7 +100,9 @@ class Resources:
 class SearchSpace:
     """The student grid of one method (paper 4.1.4). `alpha` matters to csrec-t only (Eq. 12);
     sample_ratio, prob_power, gen_loss_weight and dis_loss_weight to elecrec only (csrec.elecrec;
-    defaults: one point, ELECRec's own defaults from its src/main.py).
+    defaults: one point, ELECRec's own defaults from its src/main.py); aap_weight, mip_weight,
+    map_weight, sp_weight and mask_ratio to s3rec's pretraining only (csrec.s3rec; defaults: one
+    point, the S3Rec authors' run_pretrain.py).
 
     sampler "grid" runs every point, in order; "tpe" draws `budget` points from the same
     choices with Optuna's TPE.
@@ -112,16 +115,22 @@ class SearchSpace:
     prob_power: tuple[float, ...] = (1.0,)  # elecrec: the generator's softmax raised to this power
     gen_loss_weight: tuple[float, ...] = (1.0,)  # elecrec: weight of the generator's CE
     dis_loss_weight: tuple[float, ...] = (0.5,)  # elecrec: weight of the discriminator's BCE
+    aap_weight: tuple[float, ...] = (0.2,)  # s3rec: weight of associated attribute prediction
+    mip_weight: tuple[float, ...] = (1.0,)  # s3rec: weight of masked item prediction
+    map_weight: tuple[float, ...] = (1.0,)  # s3rec: weight of masked attribute prediction
+    sp_weight: tuple[float, ...] = (0.5,)  # s3rec: weight of segment prediction
+    mask_ratio: tuple[float, ...] = (0.2,)  # s3rec: probability that an item (but the last) is masked
     sampler: Literal["grid", "tpe"] = "grid"
     budget: int | None = None
 
     def __post_init__(self):
         for name, values, low, high in (("beta", self.beta, 0, 1), ("alpha", self.alpha, 0, 1),
-                                        ("sample_ratio", self.sample_ratio, 0, 1)):
+                                        ("sample_ratio", self.sample_ratio, 0, 1), ("mask_ratio", self.mask_ratio, 0, 1)):
             bad = [v for v in values if not low <= v <= high]
             if bad or not values:
                 raise CSRecError(f"{name} values must lie in [0, 1] (and be at least one), got {list(values)}")
-        for name in ("prob_power", "gen_loss_weight", "dis_loss_weight"):
+        for name in ("prob_power", "gen_loss_weight", "dis_loss_weight", "aap_weight", "mip_weight", "map_weight",
+                     "sp_weight"):
             values = getattr(self, name)
             if not values or any(not v >= 0 for v in values):
                 raise CSRecError(f"{name} values must be >= 0 (and be at least one), got {list(values)}")
@@ -146,15 +155,22 @@ class TeacherSettings:
     # elecrec: what its generator shares with the discriminator (ELECRec's --model_shared_type):
     # "embed_only" the item and position embeddings (its default), "full" the transformer layers too.
     model_shared_type: Literal["embed_only", "full"] = "embed_only"
+    # s3rec: its pretraining job's epochs and batch (prefixes per Adam step). The authors' published
+    # checkpoints are from epoch 150 (Beauty) and 100 (Yelp); their batch is 100 (RecBole: 500 epochs).
+    pretrain_epochs: int = 150
+    pretrain_batch_size: int = 100
 
     def __post_init__(self):
         if self.m < 1:
             raise CSRecError(f"teachers.m must be >= 1, got {self.m}")
+        for name in ("pretrain_epochs", "pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise CSRecError(f"teachers.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.subsample_ratio <= 1:
             raise CSRecError(f"teachers.subsample_ratio (p) must lie in (0, 1], got {self.subsample_ratio}")
 
 
-METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec")
+METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec", "s3rec")
 
 
 @dataclass(frozen=True)
@@ -204,6 +220,12 @@ class ExperimentSpec:
             raise CSRecError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise CSRecError("max_concurrent_trials must be >= 1 (or left out)")
+        if "s3rec" in self.methods and "sasrec" in self.models:
+            for name, data in self.datasets.items():
+                if data.attributes is None:
+                    raise CSRecError(f"datasets.{name}: s3rec pretrains on item attributes and this entry has none; "
+                                     "add `attributes: <a registered data set's name or an item2attributes JSON "
+                                     f"file>` to it (e.g. attributes: {name if name in datasets.REGISTRY else 'beauty'})")
 
     def search_space(self, method: str) -> SearchSpace:
         return self.search.get(method, SearchSpace())
@@ -304,8 +326,34 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):
-                raw["datasets"][name] = _resolve_data(data, path.parent, f"{path}: datasets.{name}.path")
+                data = raw["datasets"][name] = _resolve_data(data, path.parent, f"{path}: datasets.{name}.path")
+            if isinstance(data, dict) and isinstance(data.get("attributes"), str):
+                where = f"{path}: datasets.{name}.attributes"
+                data["attributes"] = _resolve_attributes(data["attributes"], path.parent, where)
     return load_dataclass(ExperimentSpec, raw, str(path))
+
+
+def resolve_attributes(value: str, folder: Path | None = None) -> str:
+    """An attribute file given by a registered data set's name (its checked attribute file) or a path
+    (relative to `folder`, else the current directory) -> the checked file's absolute path."""
+    if value in datasets.REGISTRY:
+        resolved = datasets.resolve(value, attributes=True)
+    else:
+        resolved = Path(value).expanduser()
+        resolved = resolved if resolved.is_absolute() else ((folder or Path.cwd()) / resolved).resolve()
+        if not resolved.is_file():
+            also = (f" and '{value}' is not a registered data set ({', '.join(datasets.REGISTRY)})"
+                    if datasets.looks_like_name(value) else "")
+            raise CSRecError(f"no file at {resolved}{also}; give an item2attributes JSON file or a registered name")
+    read_attribute_file(str(resolved))  # a malformed file is refused here, before anything trains
+    return str(resolved)
+
+
+def _resolve_attributes(value: str, folder: Path, where: str) -> str:
+    try:
+        return resolve_attributes(value, folder)
+    except CSRecError as error:
+        raise CSRecError(f"{where}: {error}") from None
 
 
 def _resolve_data(data: dict, folder: Path, where: str) -> dict:

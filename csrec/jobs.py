@@ -3,7 +3,9 @@
 Shared by every way of running things (the `train` command, the local backend, Ray tasks and Tune
 trials), so a Base model made by one is the same artifact for all. A job's model artifact
 (`store/models/<key>/`) holds model.pt (weights and the resolved model config), config.json,
-result.json (validation and test metrics, best epoch, history) and per_user.parquet.
+result.json (validation and test metrics, best epoch, history) and per_user.parquet. S3Rec's
+pretraining artifact holds model.pt (the pretraining model's weights), config.json and result.json
+(each epoch's losses): it is no recommender, and is only read to start S3Rec's fine-tuning.
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ import pandas as pd
 import torch
 
 from csrec.data import DataConfig, load_sequence_data
+from csrec.data.attributes import item_attributes
 from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
 from csrec.elecrec import ELECRec
 from csrec.errors import CSRecError
 from csrec.evaluate import evaluate, history_before_target, validator
-from csrec.methods import Job
+from csrec.methods import PRETRAINING, Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
+from csrec.s3rec import S3RecPretraining, pretrain, pretraining_data, student_state
 from csrec.store import Store
 from csrec.train import FitResult, fit, resolve_device, seed_everything
 
@@ -63,21 +67,25 @@ def splits_for(job: Job) -> Splits:
 def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The trained model of `job` from the store; an error (never an untrained model) if absent."""
     folder = store.require(MODELS, job.key, f"the trained model for {job.describe()}")
-    try:  # weights_only: a model in a shared (or reused) store must never run code when read
-        saved = torch.load(folder / "model.pt", map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CSRecError(f"{folder / 'model.pt'} holds objects other than tensors and plain values; refused unread, "
-                         f"since loading it could run code: remove {folder} so that the model is trained again") from None
+    saved = _read_weights(folder / "model.pt", device)
     model = build_model(job.model, saved["n_items"], saved["max_len"], **dict(job.model_overrides))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
+
+
+def _read_weights(path: Path, device: torch.device | str = "cpu") -> dict:
+    try:  # weights_only: a model in a shared (or reused) store must never run code when read
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CSRecError(f"{path} holds objects other than tensors and plain values; refused unread, since loading "
+                         f"it could run code: remove {path.parent} so that the model is trained again") from None
 
 
 def build_objective(job: Job, splits: Splits, store: Store, device, model: torch.nn.Module | None = None
                     ) -> torch.nn.Module:
     """The loss `fit` minimises for this job, with its teachers loaded from the store. `model` is the
     job's model, which ELECRec's objective trains as its discriminator (beside its own generator)."""
-    if job.objective == "ce":
+    if job.objective in ("ce", "s3rec"):  # S3Rec fine-tunes with CE (its start: `initialise`)
         return CrossEntropy()
     if job.objective == "elecrec":
         return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"))
@@ -102,11 +110,14 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     """
     if store.verify(MODELS, job.key):
         return read_result(store, job)
+    if job.objective == PRETRAINING:
+        return pretrain_job(job, store, work_dir)
     started = time.time()
     device = resolve_device(job.train.device)
     splits = splits_for(job)
     seed_everything(job.stream_seed)  # initial weights and dropout: the job's role's stream (csrec.methods)
     model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides)).to(device)
+    initialise(job, model, store)
     objective = build_objective(job, splits, store, device, model).to(device)
     exclude = job.data.resolved_exclude_history
 
@@ -117,6 +128,42 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
     fitted = fit(model, splits.train, validate, train, objective, checkpoint, on_epoch_end)
     _store_model(job, store, model, splits, fitted, exclude, started)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return read_result(store, job)
+
+
+def initialise(job: Job, model: torch.nn.Module, store: Store) -> None:
+    """S3Rec's fine-tuning starts from its pretrained encoder and item embeddings; others as built."""
+    if job.objective == "s3rec":
+        saved = _read_weights(store.require(MODELS, job.teachers[0].key, "S3Rec's pretrained model") / "model.pt")
+        model.load_state_dict(student_state(saved["state_dict"], model.n_items))
+
+
+def pretrain_job(job: Job, store: Store, work_dir: Path) -> dict:
+    """S3Rec's pretraining (csrec.s3rec) on the whole training data, stored as the job's artifact."""
+    started = time.time()
+    data = _load(job.data)
+    attributes = item_attributes(job.data.attributes, data.item_tokens)
+    seed_everything(job.stream_seed)
+    config = model_config(job.model, **dict(job.model_overrides))
+    module = S3RecPretraining(data.n_items, data.max_len, config, attributes.n_attributes)
+    checkpoint = Path(work_dir) / job.key / "pretraining.pt"
+    train = dataclasses.replace(job.train, seed=job.stream_seed)
+    history = pretrain(module, pretraining_data(data), torch.from_numpy(attributes.labels), dict(job.params), train,
+                       checkpoint)
+    result = {"key": job.key, "job": job.describe(), "attribute_coverage": attributes.coverage,
+              "history": [dataclasses.asdict(h) for h in history],
+              "started": started, "seconds": time.time() - started}
+
+    def fill(folder: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        torch.save({"state_dict": state, "n_items": data.n_items, "max_len": data.max_len,
+                    "n_attributes": attributes.n_attributes, "model_config": dataclasses.asdict(config)},
+                   folder / "model.pt")
+        (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
+
+    store.write(MODELS, job.key, job.config(), fill)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)
 

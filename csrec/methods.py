@@ -1,4 +1,4 @@
-"""The methods (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T, ELECRec) as training jobs and their teachers.
+"""The methods (Base, SoftRec, CSRec-M, CSRec-D, CSRec-T, ELECRec, S3Rec) as training jobs and their teachers.
 
 Everything that is trained is a `Job`: a Base model, a teacher, a student. A job names the jobs whose
 models it learns from (`teachers`), and its key is the hash of its resolved config, in which a teacher
@@ -19,6 +19,12 @@ draws from torch's CPU generator.)
 
 ELECRec (csrec.elecrec) has no teacher job: its generator is trained with the discriminator, in the
 same job (role "student"), whose stored model is the discriminator.
+
+S3Rec (csrec.s3rec) has one, its pretraining (objective "s3rec-pretraining", role "pretraining": a
+seed drawn from SeedSequence([0, 3])), keyed by its data (with the attribute file's content), model,
+objective weights, mask ratio, epochs, batch size and learning rate only: every fine-tuning run of
+every seed and grid point with the same pretraining settings shares it. The fine-tuning job (role
+"student") starts from it and trains with cross entropy.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from csrec.store import config_key, file_sha256
 from csrec.train import TrainConfig
 
 # Roles whose seeds are drawn from (seed, code); the role "model" keeps its seed (module docstring).
-SEED_STREAM_CODES = {"student": 1, "main-teacher": 2}
+SEED_STREAM_CODES = {"student": 1, "main-teacher": 2, "pretraining": 3}
 
 # What each method's student grid varies (paper 4.1.4); alpha weighs CSRec-T's teacher loss (Eq. 12).
 GRID_PARAMS = {
@@ -48,16 +54,26 @@ GRID_PARAMS = {
     "csrec-d": ("beta", "temperature"),
     "csrec-t": ("alpha", "beta", "temperature"),
     "elecrec": ("sample_ratio", "prob_power", "gen_loss_weight", "dis_loss_weight"),
+    "s3rec": ("aap_weight", "mip_weight", "map_weight", "sp_weight", "mask_ratio"),
 }
+
+# Methods defined over the SASRec backbone only: a spec's other models get no cell of them.
+SASREC_METHODS = ("elecrec", "s3rec")
 
 # ELECRec's defaults (the authors' src/main.py), for the parameters a `train` command leaves out.
 ELECREC_DEFAULTS = {"sample_ratio": 0.7, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.5}
+
+# S3Rec's pretraining defaults: the authors' run_pretrain.py (RecBole's page has aap 1.0, mip 0.2,
+# map 1.0, sp 0.5, mask_ratio 0.2; csrec.s3rec).
+S3REC_DEFAULTS = {"aap_weight": 0.2, "mip_weight": 1.0, "map_weight": 1.0, "sp_weight": 0.5, "mask_ratio": 0.2}
+PRETRAINING = "s3rec-pretraining"  # the objective of S3Rec's pretraining job
 
 
 @dataclass(frozen=True)
 class Job:
     """One model to train. `objective` is "ce" (Base, teachers), "training-level" (CSRec-T's main
-    teacher, Eq. 13) or a student method name (soft labels, Eq. 14-15; "elecrec": csrec.elecrec)."""
+    teacher, Eq. 13), "s3rec-pretraining" (S3Rec's pretraining, csrec.s3rec) or a student method
+    name (soft labels, Eq. 14-15; "elecrec": csrec.elecrec; "s3rec": CE from the pretrained model)."""
 
     data: DataConfig
     model: str
@@ -76,8 +92,9 @@ class Job:
 
     @property
     def role(self) -> str:
-        """Which seed stream the job draws from: "model", "student" or "main-teacher"."""
-        return {"ce": "model", "training-level": "main-teacher"}.get(self.objective, "student")
+        """Which seed stream the job draws from: "model", "student", "main-teacher" or "pretraining"."""
+        roles = {"ce": "model", "training-level": "main-teacher", PRETRAINING: "pretraining"}
+        return roles.get(self.objective, "student")
 
     @property
     def stream_seed(self) -> int:
@@ -94,6 +111,9 @@ class Job:
         """The resolved config that identifies the artifact (teachers by key, data by content)."""
         data = dataclasses.asdict(self.data)
         data["path"] = data_fingerprint(self.data.path)
+        del data["attributes"]  # read by S3Rec's pretraining only: the other models' keys ignore it
+        if self.objective == PRETRAINING:
+            data["attributes"] = data_fingerprint(self.data.attributes)
         if data["user_fraction"] == 1.0:  # the full data: keys as before the sparsity option existed
             del data["user_fraction"], data["user_fraction_seed"]
         train = self.train.key_fields
@@ -116,6 +136,8 @@ class Job:
         params = ", ".join(f"{k}={v:g}" for k, v in self.params)
         sub = f", p={self.subsample_ratio:g}" if self.subsample_ratio < 1 else ""
         layout = ", sequence layout" if self.train.layout == "sequence" else ""
+        if self.objective == PRETRAINING:
+            layout = f", {self.train.max_epochs} epochs of {self.train.batch_size} prefixes"
         return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}{layout}"
 
 
@@ -150,12 +172,13 @@ def check_params(method: str, params: dict[str, float]) -> None:
     missing = [p for p in GRID_PARAMS[method] if p not in params]
     if missing:
         raise CSRecError(f"method {method} needs {', '.join(missing)} (give --{missing[0]} or a grid)")
-    for name in ("alpha", "beta", "sample_ratio"):
+    for name in ("alpha", "beta", "sample_ratio", "mask_ratio"):
         if name in params and not 0 <= params[name] <= 1:
             raise CSRecError(f"{name} must lie in [0, 1], got {params[name]}")
     if "temperature" in params and params["temperature"] <= 0:
         raise CSRecError(f"temperature T must be > 0, got {params['temperature']}")
-    for name in ("prob_power", "gen_loss_weight", "dis_loss_weight"):
+    for name in ("prob_power", "gen_loss_weight", "dis_loss_weight", "aap_weight", "mip_weight", "map_weight",
+                 "sp_weight"):
         if name in params and not params[name] >= 0:
             raise CSRecError(f"{name} must be >= 0, got {params[name]}")
 
@@ -173,6 +196,8 @@ def teacher_jobs(method: str, base: Job, params: dict[str, float], settings: Tea
     with_seed = lambda seed: dataclasses.replace(base.train, seed=seed)  # noqa: E731
     if method in ("base", "softrec", "elecrec"):
         return ()
+    if method == "s3rec":
+        return (pretraining_job(base, params, settings),)
     if method == "csrec-m":  # Alg. 1: m seeds, full data
         return tuple(dataclasses.replace(base, train=with_seed(k)) for k in range(settings.m))
     data_level = tuple(  # Alg. 2: m seeded p-subsamples
@@ -196,6 +221,8 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
     """The student of `method` with grid point `params`, learning from its teacher module."""
     if method == "elecrec":
         return elecrec_job(base, params, settings)
+    if method == "s3rec":
+        return dataclasses.replace(base, objective="s3rec", teachers=teacher_jobs(method, base, params, settings))
     check_params(method, params)
     if method == "base":
         return base
@@ -211,19 +238,47 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
 def elecrec_job(base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
     """ELECRec over SASRec (csrec.elecrec): its four weights (ELECRec's defaults where not given) and
     the sharing type; it trains on whole sequences, so the `sequence` layout is required."""
-    if base.model != "sasrec":
-        raise CSRecError(f"elecrec trains SASRec encoders as generator and discriminator; model {base.model} "
-                         "cannot be one: use the model sasrec")
-    if base.train.layout != "sequence":
-        raise CSRecError("elecrec trains on every position of a sequence at once: set train.layout: sequence "
-                         "(launch.py train --layout sequence)")
-    unknown = sorted(set(params) - set(ELECREC_DEFAULTS))
-    if unknown:
-        raise CSRecError(f"elecrec takes {', '.join(ELECREC_DEFAULTS)}, not {', '.join(unknown)}")
-    used = ELECREC_DEFAULTS | {k: float(v) for k, v in params.items()}
-    check_params("elecrec", used)
+    check_sasrec_method("elecrec", base, "trains SASRec encoders as generator and discriminator")
+    used = method_params("elecrec", params, ELECREC_DEFAULTS)
     return dataclasses.replace(base, objective="elecrec", params=tuple(sorted(used.items())),
                                options=(("model_shared_type", settings.model_shared_type),))
+
+
+def pretraining_job(base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
+    """S3Rec's pretraining (csrec.s3rec) for a fine-tuning run like `base`: its objective weights and
+    mask ratio (the authors' defaults where not given), settings.pretrain_epochs epochs of
+    settings.pretrain_batch_size prefixes, base's learning rate and model; seed 0 (its role's stream),
+    whatever base's seed, so that every seed's fine-tuning shares it."""
+    check_sasrec_method("s3rec", base, "pretrains and fine-tunes a SASRec")
+    if base.data.attributes is None:
+        raise CSRecError("s3rec pretrains on item attributes and the data set has none: add `attributes: <a "
+                         "registered data set's name or an item2attributes JSON file>` to its entry in the spec's "
+                         "datasets (launch.py train --attributes)")
+    used = method_params("s3rec", params, S3REC_DEFAULTS)
+    train = TrainConfig(batch_size=settings.pretrain_batch_size, max_epochs=settings.pretrain_epochs,
+                        learning_rate=base.train.learning_rate, weight_decay=base.train.weight_decay,
+                        **{k: getattr(base.train, k) for k in ("device", "num_threads", "progress")})
+    return Job(data=base.data, model=base.model, train=train, objective=PRETRAINING,
+               params=tuple(sorted(used.items())), model_overrides=base.model_overrides)
+
+
+def check_sasrec_method(method: str, base: Job, what: str) -> None:
+    """ELECRec and S3Rec: a SASRec in the sequence layout, or an error saying what to change."""
+    if base.model != "sasrec":
+        raise CSRecError(f"{method} {what}; model {base.model} cannot be one: use the model sasrec")
+    if base.train.layout != "sequence":
+        raise CSRecError(f"{method} trains on every position of a sequence at once: set train.layout: sequence "
+                         "(launch.py train --layout sequence)")
+
+
+def method_params(method: str, params: dict[str, float], defaults: dict[str, float]) -> dict[str, float]:
+    """`params` over the method's `defaults`, checked: an unknown name or a value out of range is an error."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise CSRecError(f"{method} takes {', '.join(defaults)}, not {', '.join(unknown)}")
+    used = defaults | {k: float(v) for k, v in params.items()}
+    check_params(method, used)
+    return used
 
 
 def dependencies(job: Job) -> list[Job]:

@@ -141,6 +141,15 @@ def locked(host: str | None) -> Callable[[Path], list]:
 HELD: list = []  # locks this process holds for a case (released after it)
 
 
+def attributes_file(text: str) -> Callable[[Path], list]:
+    """A dry run of s3rec whose data set's attribute file holds `text`."""
+    def build(folder: Path) -> list:
+        (folder / "attributes.json").write_text(text)
+        return ["run", spec(folder, datasets__smoke__attributes=str(folder / "attributes.json"), models=["sasrec"],
+                            methods=["s3rec"]), "--dry-run"]
+    return build
+
+
 CASES = [
     # ---- experiment specs (run --dry-run: refused before anything is written) -------------------
     Case("spec-missing", "spec file that does not exist", lambda f: ["run", f / "nope.yaml", "--dry-run"], "not found"),
@@ -179,6 +188,10 @@ CASES = [
     Case("spec-model", "unknown model", dry(models=["gru4rec", "bert4rec"]), "unknown model 'bert4rec'"),
     Case("spec-method", "unknown method", dry(methods=["base", "softlabel"]), "unknown method 'softlabel'"),
     Case("spec-search-method", "search for an unknown method", dry(search={"dvae": {}}), "unknown method 'dvae'"),
+    Case("spec-s3rec-attributes", "s3rec on a data set without item attributes",
+         dry(models=["sasrec"], methods=["base", "s3rec"]), "add `attributes:"),
+    Case("spec-attributes-json", "attributes: a file that is not JSON", attributes_file("{1: [2"), "is not JSON"),
+    Case("spec-attributes-zero", "attributes: an attribute id 0", attributes_file('{"10": [0, 1]}'), "ids start at 1"),
     Case("spec-overrides-model", "model_overrides of an unknown model", dry(model_overrides={"bert": {}}),
          "unknown model 'bert'"),
     Case("spec-alpha", "alpha 1.5", dry(**{"search__csrec-t__alpha": [0.5, 1.5]}), "alpha values must lie in [0, 1]"),

@@ -360,16 +360,23 @@ def test_a_clean_clone_without_shared_runs_the_quickstart_plan_and_loads_every_s
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
     assert not (clone.parent / "shared").exists()
-    specs = {f"experiments/{f.name}": {d["path"] for d in yaml.safe_load(f.read_text())["datasets"].values()}
-             for f in sorted((clone / "experiments").glob("*.yaml"))}
+    specs = {f"experiments/{f.name}": {v for d in yaml.safe_load(f.read_text())["datasets"].values()
+                                       for k, v in d.items() if k in ("path", "attributes")}
+             for f in sorted((clone / "experiments").glob("*.yaml"))}  # data files and attribute files
     downloads = set().union(*specs.values()) & set(datasets.REGISTRY) - {"lastfm"}  # e.g. yelp
     if SHARED_DATA.is_dir():
         for name in sorted(downloads):
             record = datasets.REGISTRY[name]
-            server.files[f"/{record.data.file}"] = (SHARED_DATA / record.data.file).read_bytes()
-            served = dataclasses.replace(record.data, url=server.url(record.data.file))
-            monkeypatch.setitem(datasets.REGISTRY, name, dataclasses.replace(record, data=served))
+            sources = {"data": record.data, "attributes": record.attributes}
+            served = {}
+            for field, source in sources.items():
+                if source is not None:
+                    server.files[f"/{source.file}"] = (SHARED_DATA / source.file).read_bytes()
+                    served[field] = dataclasses.replace(source, url=server.url(source.file))
+            monkeypatch.setitem(datasets.REGISTRY, name, dataclasses.replace(record, **served))
             datasets.resolve(name, log=lambda _: None)
+            if record.attributes is not None:
+                datasets.resolve(name, attributes=True, log=lambda _: None)
     else:
         specs = {path: names for path, names in specs.items() if not names & downloads}
     dead = f"http://127.0.0.1:{closed_port()}"  # any attempt to reach the network fails at once

@@ -39,6 +39,9 @@ class DataConfig:
     exclude_history: bool | None = None  # mask items already in the input before ranking; None: by protocol
     user_fraction: float = 1.0  # sparsity study (Fig. 4b): share of users kept, drawn at random
     user_fraction_seed: int = 0
+    # S3Rec's pretraining input: an item2attributes JSON file (csrec.data.attributes); a spec entry
+    # may name a registered data set instead (its attribute file). Only the s3rec method reads it.
+    attributes: str | None = None
 
     def __post_init__(self):
         if self.format is not None and self.format not in LOADERS:

@@ -65,12 +65,16 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal by default; with `real` [B, L] bool, bidirectional over the real keys (S3Rec's
+        pretraining, csrec.s3rec)."""
         batch, length, width = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads)  # [B, L, 3, h, d]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, L, d]
         p = self.attention_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # [B, h, L, d]
+        mask = None if real is None else real[:, None, None, :]  # [B, 1, 1, L]: True keys take part
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                  is_causal=real is None)  # [B, h, L, d]
         attended = attended.transpose(1, 2).reshape(batch, length, width)  # [B, L, H]
         x = self.attention_norm(x + self.dropout(self.attention_out(attended)))  # [B, L, H]
         ffn = self.ffn_out(F.gelu(self.ffn_in(x)))  # [B, L, H]
@@ -102,14 +106,18 @@ class SASRec(SequentialRecommender):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def encode_positions(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """item_seq [B, L] -> the representation after each prefix [B, L, H] (position t sees items 0..t)."""
+    def encode_positions(self, item_seq: torch.Tensor, bidirectional: bool = False) -> torch.Tensor:
+        """item_seq [B, L] -> the representation after each prefix [B, L, H] (position t sees items 0..t).
+
+        bidirectional: every position sees every non-padding item of its row instead (S3Rec's
+        pretraining encoder, as RecBole's `get_attention_mask(bidirectional=True)`)."""
         length = item_seq.size(1)
         if length > self.max_len:
             raise CSRecError(f"sasrec: input of length {length} but the model has {self.max_len} positions; "
                              f"truncate inputs to max_len or build the model with a larger max_len")
         x = self.item_embedding(item_seq) + self.position_embedding.weight[:length]  # [B, L, H]
         x = self.embedding_dropout(self.embedding_norm(x))  # [B, L, H]
+        real = (item_seq > 0) if bidirectional else None  # [B, L]
         for layer in self.layers:
-            x = layer(x)  # [B, L, H]
+            x = layer(x, real)  # [B, L, H]
         return x

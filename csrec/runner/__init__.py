@@ -65,6 +65,8 @@ def print_plan(experiment: Experiment, log=print) -> None:
     finished = sum(trial_result(store, t) is not None for t in grid)
     in_reuse = sum(t.job.key in reusable for t in grid if trial_result(store, t) is None)
     log(f"experiment {experiment.spec.name} in {experiment.directory}")
+    for note in plan.notes:
+        log(note)
     log(f"teachers and Base runs: {len(teachers)} ({len(teachers) - len(todo)} in the store, "
         f"{len(reused)} to copy from a reused experiment, {len(todo) - len(reused)} to train)")
     for job in teachers:

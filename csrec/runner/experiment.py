@@ -252,6 +252,9 @@ def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtim
     if by_content:
         for data in raw["datasets"].values():
             data["path"] = data_fingerprint(data["path"])
+            attributes = data.pop("attributes")  # absent (None) as before the key existed
+            if attributes is not None:
+                data["attributes"] = data_fingerprint(attributes)
     return config_key(raw)
 
 
@@ -317,6 +320,8 @@ def write_dataset_summaries(experiment: Experiment) -> None:
 def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     """Every stage, in order; each one skips what is already in the store."""
     plan = make_plan(experiment.spec)
+    for note in plan.notes:
+        log(note)
     write_text_atomic(experiment.directory / "plan.json", to_json(plan))
     store = experiment.store
     backend = Recording(backend, experiment)

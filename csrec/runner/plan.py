@@ -3,7 +3,8 @@
 A trial is one student training of the grid: (dataset, model, method, grid point, seed). The search
 stage runs every grid point (or a TPE budget) on the spec's first seed; the seeds stage reruns the
 best configuration of each (dataset, model, method), chosen on validation NDCG@10, on the other
-seeds. Base has no grid: its runs are plain models, trained with the teachers.
+seeds. Base has no grid: its runs are plain models, trained with the teachers. ELECRec and S3Rec
+are defined over SASRec only: a spec's other models get no cell of them, which the plan's notes say.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from csrec.config import ExperimentSpec
 from csrec.datasets import data_checksums
-from csrec.methods import GRID_PARAMS, Job, base_job, dependencies, student_job
+from csrec.methods import GRID_PARAMS, SASREC_METHODS, Job, base_job, dependencies, student_job
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -51,6 +52,7 @@ class Plan:
     spec: ExperimentSpec
     trials: list[Trial]  # search stage, and Base runs over every seed
     tpe_cells: dict[tuple[str, str, str], int] = field(default_factory=dict)  # cell -> budget
+    notes: list[str] = field(default_factory=list)  # what the spec asks for that the plan leaves out, and why
 
     @property
     def teachers(self) -> list[Job]:
@@ -80,8 +82,11 @@ def grid_points(spec: ExperimentSpec, method: str) -> list[dict[str, float]]:
 
 
 def make_plan(spec: ExperimentSpec) -> Plan:
-    trials, tpe_cells = [], {}
+    trials, tpe_cells, left_out = [], {}, {}
     for (dataset, data), model, method in itertools.product(spec.datasets.items(), spec.models, spec.methods):
+        if method in SASREC_METHODS and model != "sasrec":
+            left_out.setdefault(method, {})[model] = None
+            continue
         overrides = spec.model_overrides.get(model, {})
         base = base_job(data, model, spec.train, overrides)
         if method == "base":
@@ -96,7 +101,9 @@ def make_plan(spec: ExperimentSpec) -> Plan:
         for point in grid_points(spec, method):
             job = student_job(method, replace(base, train=replace(spec.train, seed=spec.seeds[0])), point, spec.teachers)
             trials.append(Trial(dataset, model, method, spec.seeds[0], tuple(sorted(point.items())), "search", job))
-    return Plan(spec, trials, tpe_cells)
+    notes = [f"{method} is defined over sasrec only: no {method} cells for {', '.join(models)}"
+             for method, models in left_out.items()]
+    return Plan(spec, trials, tpe_cells, notes)
 
 
 def trial_for(spec: ExperimentSpec, cell: tuple[str, str, str], point: dict[str, float], seed: int, stage: str) -> Trial:
@@ -120,5 +127,5 @@ def to_json(plan: Plan) -> str:
     rows = [t.record() | {"job": t.job.describe()} for t in plan.trials]
     teachers = [{"key": j.key, "job": j.describe()} for j in plan.teachers]
     return json.dumps({"summary": plan.summary(), "datasets": data_checksums(plan.spec.datasets),
-                       "teachers": teachers, "trials": rows,
+                       "teachers": teachers, "trials": rows, "notes": plan.notes,
                        "tpe_cells": [list(c) + [b] for c, b in plan.tpe_cells.items()]}, indent=2)

@@ -20,7 +20,7 @@ from csrec.config import load_spec
 from csrec.data.protocols import train_item_counts
 from csrec.evaluate import evaluate, history_before_target
 from csrec.jobs import MODELS, load_model, read_result, splits_for
-from csrec.methods import Job
+from csrec.methods import SASREC_METHODS, Job
 from csrec.objectives import popularity_teacher
 from csrec.runner.experiment import searched_tpe_trials
 from csrec.runner.plan import make_plan
@@ -28,6 +28,9 @@ from csrec.storage import location
 from csrec.store import Store
 
 METRICS = ("recall@10", "ndcg@10")
+# Methods whose student learns from no soft labels: ELECRec's generator is trained with it, S3Rec's
+# pretrained model is where it starts.
+NO_TEACHER_MODULE = ("base", *SASREC_METHODS)
 
 
 class MeanLogits(nn.Module):
@@ -72,7 +75,7 @@ def teacher_quality(directory: str | Path) -> pd.DataFrame:
     plan = make_plan(spec)
     best: dict[tuple, tuple[float, Job]] = {}
     for trial in plan.grid_trials + searched_tpe_trials(plan, store):
-        if trial.method != "base" and store.verify(MODELS, trial.job.key):
+        if trial.method not in NO_TEACHER_MODULE and store.verify(MODELS, trial.job.key):
             score = read_result(store, trial.job)["valid"]["ndcg@10"]
             if trial.cell not in best or score > best[trial.cell][0]:
                 best[trial.cell] = (score, trial.job)
