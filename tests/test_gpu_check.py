@@ -1,7 +1,9 @@
 """benchmarks/gpu_check.sh runs on a machine without CUDA too (on the CPU, said so): CI exercises it."""
 
 import re
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_on_the_cpu_and_prints_its_table(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--steps", "2", "--models", "gru4rec",
                            "--spec", str(ROOT / "experiments" / "smoke.yaml"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"PYTHON": sys.executable})  # this interpreter, wherever the venv is
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "gpu check on cpu (no CUDA device" in out
