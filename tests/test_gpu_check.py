@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.sh runs on a machine without CUDA too (on the CPU, said so): CI exercises it."""
 
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
