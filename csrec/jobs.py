@@ -116,26 +116,32 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
     fitted = fit(model, splits.train, validate, train, objective, checkpoint, on_epoch_end)
-    _store_model(job, store, model, splits, fitted, exclude, started)
+    _store_model(job, store, model, splits, fitted, started)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)
 
 
-def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool,
-                 started: float) -> None:
+def _evaluate(job: Job, model, splits: Splits) -> tuple[dict, pd.DataFrame]:
+    """Validation and test metrics of `model`, and its per_user.parquet frame (both splits)."""
     # Every item before the target is masked under exclude_history, also the oldest of a merged
     # window that the truncated input no longer holds (csrec.evaluate.history_before_target).
+    exclude = job.data.resolved_exclude_history
     valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size,
                      history=history_before_target(splits.data, "valid"))
     test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size,
                     history=history_before_target(splits.data, "test"))
+    users = splits.data.users
+    frame = pd.concat([valid.to_frame("valid", users), test.to_frame("test", users)], ignore_index=True)
+    return {"valid": valid.metrics(), "test": test.metrics()}, frame
+
+
+def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, started: float) -> None:
+    metrics, frame = _evaluate(job, model, splits)
     result = {
-        "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch,
-        "valid": valid.metrics(), "test": test.metrics(),
+        "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch, **metrics,
         "history": [dataclasses.asdict(r) for r in fitted.history],
         "started": started, "seconds": time.time() - started,  # this process's run (a resume: since resuming)
     }
-    users = splits.data.users
 
     def fill(folder: Path) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -144,10 +150,27 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
                    folder / "model.pt")
         (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
-        frame = pd.concat([valid.to_frame("valid", users), test.to_frame("test", users)], ignore_index=True)
         frame.to_parquet(folder / "per_user.parquet", index=False)
 
     store.write(MODELS, job.key, job.config(), fill)
+
+
+def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """A job stopped before its budget (a search point stopped early): the best epoch so far of its
+    work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
+    and the per_user frame. Never a model artifact: the key names the model trained to the end."""
+    checkpoint = Path(work_dir) / job.key / "last.pt"
+    if not checkpoint.is_file():
+        raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated; delete "
+                         f"{checkpoint.parent} and resume to train it again")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]  # a file of ours: safe loader
+    splits = splits_for(job)
+    model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides))
+    model.load_state_dict(saved["best_model"])
+    model.to(resolve_device(job.train.device)).eval()
+    metrics, frame = _evaluate(job, model, splits)
+    return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
+            "history": [float(r["valid_score"]) for r in saved["history"]]}, frame
 
 
 def read_result(store: Store, job: Job) -> dict:

@@ -237,6 +237,8 @@ def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtim
     by_content=False gives the fingerprint of experiments made before that (data by path);
     train_runtime=False leaves the train section out (compared by its key fields instead)."""
     raw = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _RUNTIME_KEYS}
+    if not spec.scheduler.early_stopping:  # fifo, the default: experiments made before `scheduler` keep theirs
+        del raw["scheduler"]
     if not train_runtime:
         del raw["train"]
     if by_content:

@@ -15,7 +15,10 @@ class LocalBackend:
         self.log = log
 
     def check(self, spec) -> None:
-        """Nothing to check: this process runs one job at a time, whatever the spec's resources."""
+        """This process runs one job at a time, whatever the spec's resources; early stopping is Tune's."""
+        if spec.scheduler.early_stopping:
+            raise CSRecError(f"scheduler: {spec.scheduler.kind} is Ray Tune's early stopping; run without --local, "
+                             "or set scheduler: fifo to train every point in this process")
 
     def train_models(self, jobs: list[Job], experiment) -> None:
         for number, job in enumerate(jobs, 1):  # dependency order: side teachers before main teachers

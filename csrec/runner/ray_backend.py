@@ -31,6 +31,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
@@ -40,8 +41,9 @@ from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
+from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import sigterm_as_ctrl_c
-from csrec.runner.trials import run_trial
+from csrec.runner.trials import record_stopped, run_trial
 from csrec.store import Store, write_json_atomic
 
 TRAINABLE = "csrec_student"
@@ -54,6 +56,10 @@ def start_ray(address: str | None = None, log=print) -> None:
     # One checkpoint a trial epoch is the design (resume from the last epoch); Tune's warning about
     # frequent snapshots is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own TensorBoard logger writes under its session folder and prints that folder; the
+    # training curves are the runner's, under the experiment (csrec.tensorboard). Its CSV and JSON
+    # loggers are kept, given to each Tuner (`_tune`).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # OptunaSearch's warnings about its own study's bookkeeping are noise here: results live in
     # the store, not in the study.
@@ -141,8 +147,9 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     def report_epoch(record) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(checkpoint_file, Path(folder) / "last.pt")
-            tune.report({"epoch": record.epoch, "train_loss": record.train_loss,
-                         f"valid_{SELECTION_METRIC}": record.valid_score, "done": False},
+            tune.report({EPOCH: record.epoch, "train_loss": record.train_loss, "epoch_seconds": record.seconds,
+                         f"valid_{SELECTION_METRIC}": record.valid_score, BEST_METRIC: record.best_score,
+                         "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
@@ -150,7 +157,8 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    tune.report({"epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
+    # No EPOCH key: the scheduler (csrec.runner.scheduler) decides on the epoch reports only.
+    tune.report({"best_epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
                  f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
                  "node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())})
@@ -201,7 +209,11 @@ class RayBackend:
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
-        """The stage's trials in one Tuner; returns trial key -> error of those that failed."""
+        """The stage's trials in one Tuner; returns trial key -> error of those that failed. A trial
+        the scheduler stopped (in an earlier driver too) gets its record instead of a Tune trial."""
+        trials = record_stopped(trials, experiment.store, experiment.work_dir, self.log)
+        if not trials:
+            return {}
         return self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
                           experiment)
 
@@ -228,6 +240,8 @@ class RayBackend:
 
     def _tune(self, stage: str, trials: list[Trial], searcher, experiment) -> dict[str, str]:
         """Run the Tune experiment `stage` over `trials` in a new folder (module docstring)."""
+        spec, work_dir = experiment.spec, experiment.work_dir
+        scheduler = stage_scheduler(stage, trials, spec.scheduler, spec.train.max_epochs, experiment.store, work_dir)
         resources = feasible(experiment.spec.trial_resources, self.log)
         tune_dir = experiment.directory / "tune"
         path = tune_dir / stage
@@ -250,18 +264,24 @@ class RayBackend:
             trainable,
             # reuse_actors: a worker process (torch imported, data set loaded and cached by
             # jobs._load) runs trial after trial instead of being started for each one.
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(trials),
                                         max_concurrent_trials=lanes, reuse_actors=True),
-            run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0, callbacks=[view],
+            run_config=tune.RunConfig(name=stage, storage_path=str(tune_dir), verbose=0,
+                                      callbacks=[view, CSVLoggerCallback(), JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=3),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
+        self.log(f"{stage}: {spec.scheduler.describe(spec.train.max_epochs) if stage != 'seeds' else 'seed reruns, full budget'}"
+                 f"; training curves: tensorboard --logdir {experiment.directory / 'tensorboard'}")
         started = time.time()
         results = tuner.fit()
+        stopped = set(getattr(scheduler, "stopped", {}))
+        record_stopped(trials, experiment.store, work_dir, self.log)
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
         # finished (its last report says done) nor failed, or was never started, means the stage was
         # stopped. Say so and stop the run, never go on to the next stage as if it had finished.
-        ended = sum(r.error is not None or bool((r.metrics or {}).get("done")) for r in results)
+        ended = sum(r.error is not None or bool((r.metrics or {}).get("done"))
+                    or trials[r.config["point"]].job.key in stopped for r in results)
         if ended < len(trials):
             self.log(f"{stage}: stopped with {len(trials) - ended} of {len(trials)} trials unfinished")
             raise KeyboardInterrupt(stage)
@@ -269,7 +289,8 @@ class RayBackend:
         write_json_atomic(tune_dir / f"{stage}.timing.json",
                           {"seconds": time.time() - started, "lanes": lanes, "resumed": replaced})
         errors = {trials[r.config["point"]].job.key: error_line(r.error) for r in results if r.error is not None}
-        self.log(f"{stage}: {len(results) - len(errors)} trials finished, {len(errors)} failed "
+        self.log(f"{stage}: {len(results) - len(errors) - len(stopped)} trials finished, {len(stopped)} stopped early, "
+                 f"{len(errors)} failed "
                  f"({time.time() - started:.0f} s)")
         for result in results:
             if result.error is not None:
