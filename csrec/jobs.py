@@ -32,6 +32,7 @@ from csrec.methods import Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
 from csrec.store import Store
+from csrec.tensorboard import EpochScalars
 from csrec.train import FitResult, fit, resolve_device, seed_everything
 
 MODELS = "models"
@@ -95,8 +96,10 @@ def build_objective(job: Job, splits: Splits, store: Store, device, model: torch
                             ensemble=options.get("ensemble", "mean_logits"))
 
 
-def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
+def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | None = None,
+              curves: Path | None = None) -> dict:
     """Train `job` (resuming from work_dir's epoch checkpoint), evaluate, store the artifact.
+    `curves`: a folder for its per-epoch TensorBoard scalars (csrec.tensorboard).
 
     Returns the result dict (as in result.json). Nothing is trained if the artifact exists.
     """
@@ -115,7 +118,19 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
-    fitted = fit(model, splits.train, validate, train, objective, checkpoint, on_epoch_end)
+    scalars = EpochScalars(curves) if curves is not None else None
+
+    def epoch_end(record) -> None:
+        if scalars is not None:  # first: a scheduler's stop (raised by on_epoch_end) keeps the epoch's curve
+            scalars(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    try:
+        fitted = fit(model, splits.train, validate, train, objective, checkpoint, epoch_end)
+    finally:
+        if scalars is not None:
+            scalars.close()
     _store_model(job, store, model, splits, fitted, started)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)

@@ -39,12 +39,14 @@ from csrec.errors import CSRecError, first_line
 from csrec.jobs import train_job
 from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
+from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
 from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import sigterm_as_ctrl_c
 from csrec.runner.trials import record_stopped, run_trial
 from csrec.store import Store, write_json_atomic
+from csrec.tensorboard import FOLDER, job_folder
 
 TRAINABLE = "csrec_student"
 
@@ -117,17 +119,21 @@ def threads(resources: Resources) -> int:
 
 
 @ray.remote(max_retries=3)
-def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int) -> tuple[str, str]:
+def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str
+                      ) -> tuple[str, str]:
     """Returns the job's key and the Ray node it ran on (logged: where did the teachers go)."""
     import torch
 
     torch.set_num_threads(num_threads)
-    train_job(job, Store(store_root), Path(work_dir))
+    train_job(job, Store(store_root), Path(work_dir),
+              curves=job_folder(Path(experiment_dir), "teachers", job.describe(), job.key))
     return job.key, ray.get_runtime_context().get_node_id()
 
 
-def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int) -> None:
-    """One Tune trial: the student `trials[config["point"]]` of the stage's trial list.
+def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int,
+                      experiment_dir: str, stage: str) -> None:
+    """One Tune trial: the student `trials[config["point"]]` of the stage's trial list; its curves go
+    to csrec.tensorboard.job_folder(experiment_dir, stage, ...).
 
     Its last report also says where it ran ("node_id") and on which GPUs ("gpu_ids", comma-separated
     ids Ray gave it, "" on CPU): with fractional GPU requests, several trials show the same id.
@@ -153,7 +159,8 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        result = run_trial(trial, store, Path(work_dir), report_epoch)
+        result = run_trial(trial, store, Path(work_dir), report_epoch,
+                           job_folder(Path(experiment_dir), stage, trial.label(), trial.job.key))
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -194,7 +201,8 @@ class RayBackend:
         while pending or running:
             for key, job in list(pending.items()):
                 if not any(t.key in pending or t.key in running.values() for t in job.teachers):
-                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources))
+                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources),
+                                      str(experiment.directory))
                     running[ref] = key
                     del pending[key]
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
@@ -255,11 +263,12 @@ class RayBackend:
         write_json_atomic(tune_dir / f"{stage}.trials.json", [t.record() | {"label": t.label()} for t in trials])
         trainable = tune.with_resources(
             tune.with_parameters(student_trainable, trials=trials, store_root=str(experiment.store.root),
-                                 work_dir=str(experiment.work_dir), num_threads=threads(resources)),
+                                 work_dir=str(experiment.work_dir), num_threads=threads(resources),
+                                 experiment_dir=str(experiment.directory), stage=stage),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
-        view = LiveView(experiment, self.log, trials)
         lanes = self.width(experiment, resources)  # `feasible` (and its GPU warning) once a stage
+        view = LiveView(experiment, self.log, trials, EpochProgress(experiment, stage, len(trials), lanes, self.log))
         tuner = tune.Tuner(
             trainable,
             # reuse_actors: a worker process (torch imported, data set loaded and cached by
@@ -271,8 +280,8 @@ class RayBackend:
                                       failure_config=tune.FailureConfig(max_failures=3),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
-        self.log(f"{stage}: {spec.scheduler.describe(spec.train.max_epochs) if stage != 'seeds' else 'seed reruns, full budget'}"
-                 f"; training curves: tensorboard --logdir {experiment.directory / 'tensorboard'}")
+        how = "seed reruns train the full budget" if stage == "seeds" else spec.scheduler.describe(spec.train.max_epochs)
+        self.log(f"{stage}: {how}; training curves: tensorboard --logdir {experiment.directory / FOLDER}")
         started = time.time()
         results = tuner.fit()
         stopped = set(getattr(scheduler, "stopped", {}))

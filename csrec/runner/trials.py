@@ -20,9 +20,11 @@ TRIALS = "trials"
 STOPPED_FILE = "stopped.json"  # in a trial's work folder: the scheduler's decision to stop it (csrec.runner.scheduler)
 
 
-def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
-    """Train the trial's student (or find it in the store) and write its record."""
-    train_job(trial.job, store, work_dir, on_epoch_end)
+def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None,
+              curves: Path | None = None) -> dict:
+    """Train the trial's student (or find it in the store) and write its record; `curves`: its
+    TensorBoard folder (csrec.tensorboard.job_folder)."""
+    train_job(trial.job, store, work_dir, on_epoch_end, curves)
     return write_record(trial, store)
 
 
