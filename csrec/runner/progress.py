@@ -46,17 +46,19 @@ class LiveView(Callback):
             self.epochs.epoch(ours.label(), result[EPOCH], result[METRIC], result[BEST_METRIC], result["epoch_seconds"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        ours, score = self._trial(trial), (trial.last_result or {}).get(METRIC)
-        finished = bool((trial.last_result or {}).get("done"))
-        if self.epochs is not None and ours is not None:  # not done: stopped by the scheduler
-            self.epochs.ended(ours.label(), "finished" if finished else "stopped")
-        if ours is not None and not finished:
-            self.log(f"stopped early {ours.label()} at epoch {(trial.last_result or {}).get(EPOCH)} (the scheduler)")
-        elif ours is not None and score is not None:
+        ours, last = self._trial(trial), trial.last_result or {}
+        stopped = EPOCH in last and not last.get("done")  # its last report an epoch's: the scheduler stopped it
+        score = last.get(BEST_METRIC) if stopped else last.get(METRIC)
+        if self.epochs is not None and ours is not None:
+            self.epochs.ended(ours.label(), "stopped" if stopped else "finished")
+        if ours is not None and score is not None:
             method = ours.method
             if score > self.best.get(method, float("-inf")):
                 self.best[method] = score
-            self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
+            if stopped:
+                self.log(f"stopped early {ours.label()} after epoch {last[EPOCH]}: best {METRIC} {score:.4f}")
+            else:
+                self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         ours = self._trial(trial)
