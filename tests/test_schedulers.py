@@ -252,3 +252,23 @@ def test_the_live_line_is_printed_on_a_terminal_at_most_every_few_seconds_and_ne
     # 8/3 s an epoch measured; left of the 2-epoch budget: a none, b 1, the pending one 2; 2 lanes
     assert line["eta_s"] == pytest.approx((0 + 1 + 2) * (8.0 / 3) / 2)
     assert line["running"]["b"] == {"epoch": 1, "max_epochs": 2, "valid": 0.3, "best": 0.3, "seconds": 4.0}
+
+
+def test_tpe_rounds_with_asha_compare_each_point_with_the_earlier_rounds(tmp_path, ray_session):
+    """One point a round: the second round's ASHA has only the first round's point to compare with,
+    from the store. TPE's sampler, seeded with the search seed (2 here), proposes the good point
+    first; the bad one is stopped at its rung, and the study learns its best score before the stop."""
+    import optuna
+
+    from csrec.runner.experiment import Experiment
+    from csrec.runner.tpe import open_study
+
+    spec = asha_spec(tmp_path, "tpe", seeds=[2],
+                     search={"softrec": {"sampler": "tpe", "budget": 2, "beta": [GOOD, BAD], "temperature": [1.0]}})
+    run_experiment(spec, log=quiet, table=False)
+    good, bad = search_record(tmp_path / "tpe", GOOD), search_record(tmp_path / "tpe", BAD)
+    assert "stopped" not in good and bad["stopped"]["epoch"] == 2 and bad["stopped"]["compared_with"] == 1
+    assert len(list((tmp_path / "tpe" / "tune").glob("tpe-*/*/result.json"))) == 2  # two rounds
+    study = open_study(("smoke", "gru4rec", "softrec"), Experiment(load_spec(spec), tmp_path / "tpe"))
+    told = {t.params["beta"]: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert told == {GOOD: pytest.approx(good["valid"]["ndcg@10"]), BAD: pytest.approx(bad["valid"]["ndcg@10"])}
