@@ -173,7 +173,7 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
 def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     """A job stopped before its budget (a search point stopped early): the best epoch so far of its
     work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
-    and the per_user frame. Never a model artifact: the key names the model trained to the end."""
+    and the per_user frame; seconds: its epochs' training and validation time. Never a model artifact: the key names the model trained to the end."""
     checkpoint = Path(work_dir) / job.key / "last.pt"
     if not checkpoint.is_file():
         raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated; delete "
@@ -185,7 +185,8 @@ def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     model.to(resolve_device(job.train.device)).eval()
     metrics, frame = _evaluate(job, model, splits)
     return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
-            "history": [float(r["valid_score"]) for r in saved["history"]]}, frame
+            "history": [float(r["valid_score"]) for r in saved["history"]],
+            "seconds": sum(float(r["seconds"]) for r in saved["history"])}, frame
 
 
 def read_result(store: Store, job: Job) -> dict:

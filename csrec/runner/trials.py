@@ -59,8 +59,8 @@ def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print)
             pending.append(trial)
             continue
         result, frame = evaluate_checkpoint(trial.job, work_dir)
-        stopped = {k: v for k, v in decision.items() if k != "label"} | {"epochs": result["epochs"],
-                                                                        "history": result["history"]}
+        stopped = {k: v for k, v in decision.items() if k != "label"} | {
+            k: result[k] for k in ("epochs", "history", "seconds")}
         record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")} | {"stopped": stopped}
 
         def fill(folder: Path) -> None:
