@@ -8,7 +8,9 @@
   study so that they start once each, in the list's order, and every cell of the grid shares one
   pool of workers (the tail of one cell never idles the cluster). TPE (csrec.runner.tpe) runs its
   rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint
-  and are retried from it (FailureConfig).
+  and are retried from it (FailureConfig). Under `scheduler: asha` the search stages' Tuners stop
+  losing points (csrec.runner.scheduler); a stopped point's record is written by the driver from
+  its work checkpoint (csrec.runner.trials.record_stopped), never by the trial Tune ended.
 - The Tune folder is a cache of one driver's stage, never restored: Tuner.restore unpickles
   tuner.pkl (a file in a shared directory must never run code), and a driver killed while Tune
   writes it leaves a folder that cannot be restored. A new driver runs the stage's trials without a
