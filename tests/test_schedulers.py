@@ -228,7 +228,7 @@ def test_status_of_a_running_experiment_shows_each_trial_epoch_and_the_time_left
     run_experiment(write_smoke_spec(tmp_path, "smoke", methods=["base", "csrec-m"]), local=True, table=False,
                    log=quiet)
     (text,) = seen
-    assert "search: 0 of 2 finished, 1 running, 1 pending; time left <= " in text
+    assert "search: 0 of 2 finished, 1 running, 1 pending; time left about " in text
     assert "smoke/gru4rec/csrec-m beta=0.5 temperature=3 seed=0: epoch 1 of 2, valid ndcg@10 0." in text
     teachers = read_scalars(next((tmp_path / "smoke" / "tensorboard" / "teachers").iterdir()))
     assert [step for step, _ in teachers["valid/ndcg_10"]] == [1, 2]
@@ -247,7 +247,7 @@ def test_the_live_line_is_printed_on_a_terminal_at_most_every_few_seconds_and_ne
         progress.epoch("a", 2, 0.2, 0.2, 2.0)  # within `every`: no line
         progress.epoch("b", 1, 0.3, 0.3, 4.0)
     assert logged == [] and len(printed) == 1
-    assert printed[0].startswith("search: 0 of 3 finished, 1 running, 2 pending; time left <= ")
+    assert printed[0].startswith("search: 0 of 3 finished, 1 running, 2 pending; time left about ")
     line = terminal.snapshot()
     # 8/3 s an epoch measured; left of the 2-epoch budget: a none, b 1, the pending one 2; 2 lanes
     assert line["eta_s"] == pytest.approx((0 + 1 + 2) * (8.0 / 3) / 2)

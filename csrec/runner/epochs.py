@@ -8,7 +8,7 @@ such lines, only the runner's own (a trial started, finished, stopped).
 
 The time left is measured: the mean seconds of the stage's epochs so far times the epochs still to
 train (each running trial's rest of its budget, each pending trial's whole budget), over the trials
-that run at once. A trial that stops early (patience, or the scheduler) makes it an upper bound.
+that run at once; trials that stop early (patience, or the scheduler) end sooner than it says.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class EpochProgress:
 def _eta(seconds: float | None) -> str:
     if seconds is None:
         return "time left unknown (no epoch measured yet)"
-    return f"time left <= {seconds / 60:.0f} min" if seconds >= 60 else f"time left <= {seconds:.0f} s"
+    # Every pending epoch at the mean measured time: points that stop early (patience, the scheduler) end sooner.
+    return f"time left about {seconds / 60:.0f} min" if seconds >= 60 else f"time left about {seconds:.0f} s"
 
 
 def _counts(s: dict) -> str:
