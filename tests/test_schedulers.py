@@ -269,6 +269,8 @@ def test_tpe_rounds_with_asha_compare_each_point_with_the_earlier_rounds(tmp_pat
     good, bad = search_record(tmp_path / "tpe", GOOD), search_record(tmp_path / "tpe", BAD)
     assert "stopped" not in good and bad["stopped"]["epoch"] == 2 and bad["stopped"]["compared_with"] == 1
     assert len(list((tmp_path / "tpe" / "tune").glob("tpe-*/*/result.json"))) == 2  # two rounds
+    last_round = json.loads((tmp_path / "tpe" / "progress.json").read_text())["epochs"]  # the live view's, via Ray
+    assert (last_round["stopped"], last_round["finished"], last_round["running"]) == (1, 0, {})
     study = open_study(("smoke", "gru4rec", "softrec"), Experiment(load_spec(spec), tmp_path / "tpe"))
     told = {t.params["beta"]: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert told == {GOOD: pytest.approx(good["valid"]["ndcg@10"]), BAD: pytest.approx(bad["valid"]["ndcg@10"])}

@@ -47,7 +47,9 @@ class LiveView(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         ours, last = self._trial(trial), trial.last_result or {}
-        stopped = EPOCH in last and not last.get("done")  # its last report an epoch's: the scheduler stopped it
+        # Its last report an epoch's (the final one has no EPOCH): the scheduler stopped it. ("done" says
+        # nothing here: Tune sets it on the result a STOP decision was made on.)
+        stopped = EPOCH in last
         score = last.get(BEST_METRIC) if stopped else last.get(METRIC)
         if self.epochs is not None and ours is not None:
             self.epochs.ended(ours.label(), "stopped" if stopped else "finished")
