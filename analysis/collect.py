@@ -67,7 +67,9 @@ class Collection:
 
     results: one row per (finished trial, split, metric): key, dataset, model, method, config, one
         column per hyperparameter (NaN where unset), seed, stage, split, metric, value (a fraction).
-    trials: one row per finished trial (the same identifying columns and its best epoch, no metrics).
+    trials: one row per finished trial (the same identifying columns, its best epoch, no metrics, and
+        stopped_epochs: the epochs it trained when the scheduler stopped it early, NaN when it trained to
+        the end; a stopped search point is finished, its record its best epoch before the stop).
     unfinished: one row per trial directory that is not (yet) a finished trial: key, reason, and the
         cell when its result.json could be read.
     expected_cells: the cells the plan asks for, in the plan's order (the found cells without a plan).
@@ -83,6 +85,16 @@ class Collection:
     expected_cells: tuple[tuple[str, str, str], ...]
     _per_user: dict = field(default_factory=dict, repr=False, compare=False)  # key -> frame, read once
     incomplete: dict = field(default_factory=dict)  # cell -> tuple of reasons
+    scheduler: dict = field(default_factory=dict)  # plan.json's: kind (fifo | asha), its settings, max_epochs, rungs
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.scheduler.get("kind") == "asha"
+
+    @property
+    def stopped(self) -> pd.DataFrame:
+        """The finished trials the scheduler stopped early (search points only)."""
+        return self.trials[self.trials["stopped_epochs"].notna()]
 
     @property
     def missing_cells(self) -> list[tuple[str, str, str]]:
@@ -119,6 +131,12 @@ class Collection:
         missing = self.missing_cells
         lines.append(f"cells with no finished trial: {len(missing)} of {len(self.expected_cells)}")
         lines += [f"  {'/'.join(cell)}" for cell in missing]
+        if self.early_stopping:
+            lines.append(f"search runs stopped early by ASHA (finished, not failed; each selected on with its best epoch "
+                         f"before the stop): {len(self.stopped)}")
+            lines += [f"  {row.dataset}/{row.model}/{row.method} {row.config} seed={row.seed}: after epoch "
+                      f"{int(row.stopped_epochs)} of {self.scheduler.get('max_epochs', '?')}"
+                      for row in self.stopped.itertuples(index=False)]
         lines.append(f"cells selected without some of their planned runs (marked ‡ in the tables): {len(self.incomplete)}")
         lines += [f"  {'/'.join(cell)}: {why}" for cell, reasons in self.incomplete.items() for why in reasons]
         return "\n".join(lines)
@@ -148,7 +166,7 @@ def collect(directory: str | Path) -> Collection:
     results, trials = _tidy(records)
     plan = read_json(directory / "plan.json", "`launch.py resume DIR` writes it again")
     return Collection(directory, results, trials, unfinished_frame, _expected_cells(plan, trials),
-                      incomplete=_incomplete(directory, plan, trials, unfinished))
+                      incomplete=_incomplete(directory, plan, trials, unfinished), scheduler=plan.get("scheduler", {}))
 
 
 def read_json(path: Path, repair: str) -> dict:
@@ -215,13 +233,14 @@ def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         ident = {"key": r["key"], "dataset": r["dataset"], "model": r["model"], "method": r["method"],
                  "config": config_label(params), "seed": int(r["seed"]), "stage": r["stage"]}
         hyper = {name: np.nan if params.get(name) is None else float(params[name]) for name in param_names}
-        trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch")})
+        stopped = r.get("stopped", {}).get("epochs", np.nan)  # csrec.runner.trials.record_stopped
+        trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch"), "stopped_epochs": stopped})
         for split in SPLITS:
             for metric, value in sorted(r.get(split, {}).items()):
                 rows.append(ident | hyper | {"split": split, "metric": metric,
                                              "value": np.nan if value is None else float(value)})
     columns = ID_COLUMNS + param_names
-    trials = pd.DataFrame(trial_rows, columns=columns + ["best_epoch"])
+    trials = pd.DataFrame(trial_rows, columns=columns + ["best_epoch", "stopped_epochs"])
     results = pd.DataFrame(rows, columns=columns + ["split", "metric", "value"])
     return results, trials
 

@@ -196,8 +196,13 @@ def _runs(collection: Collection, exclude_search_run: bool = False) -> str:
              "valid NDCG@10 (%)": percent(key, "valid", "ndcg@10"),
              "test Recall@10 (%)": percent(key, "test", "recall@10"),
              "test NDCG@10 (%)": percent(key, "test", "ndcg@10")}
+            | ({"stopped early": _stopped(trials.at[key, "stopped_epochs"])} if collection.early_stopping else {})
             for c, s in sorted(chosen.items(), key=lambda item: _cell_order(item[0])) for key in s.keys]
     return _markdown_table(pd.DataFrame(rows))
+
+
+def _stopped(epochs: float) -> str:
+    return "" if pd.isna(epochs) else f"after epoch {int(epochs)}"
 
 
 def _cell_order(cell: tuple[str, str, str]) -> tuple:

@@ -10,6 +10,8 @@ data set is bold. Table 3 is the same with the filtered metrics
 recall+@10 / ndcg+@10 (paper Eq. 16) and only the data sets with ratings. A partial experiment gives
 the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a"), and a cell
 selected without some of its planned runs (a failed or damaged trial: analysis.collect) marked ‡.
+When the search stopped points early (`scheduler: asha`), the legend says so with its settings and
+how many search runs were stopped, and a number that averages a stopped run is marked §.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ComparisonTable:
     ties: str = "expected"
     left_out: tuple[int, ...] = ()  # seeds of the search runs left out (exclude_search_run)
     runs_without_ties: tuple[int, int] = (0, 0)  # (reported runs whose files predate tie counting, all)
+    early_stopping: str = ""  # the legend's sentence on the search's early stopping; "" when it was off
 
 
 def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus: str = "softrec",
@@ -113,6 +116,9 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
         tests[keys + ["p_value", "p_adjusted", "mean_difference", "marker"]], on=keys, how="left")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
     table["incomplete"] = [(r.dataset, r.model, r.method) in collection.incomplete for r in table.itertuples()]
+    stopped_keys = set(collection.stopped["key"])
+    stopped_cells = {cell for cell, sel in chosen.items() if stopped_keys & set(sel.keys)}
+    table["stopped"] = [(r.dataset, r.model, r.method) in stopped_cells for r in table.itertuples()]
     table["marker"] = table["marker"].astype(object).fillna("")
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
     column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
@@ -121,7 +127,21 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
     without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
     return ComparisonTable(table, datasets, methods, models, metrics, versus, test, correction, selection_metric,
-                           n_resamples, seed, ties, left_out, without_ties)
+                           n_resamples, seed, ties, left_out, without_ties, _early_stopping(collection))
+
+
+def _early_stopping(collection: Collection) -> str:
+    """The legend's sentence on the scheduler of the search (plan.json), "" for fifo (every point to the end)."""
+    if not collection.early_stopping:
+        return ""
+    s = collection.scheduler
+    trials = collection.trials
+    search = trials[(trials["stage"] == "search") & (trials["method"] != "base")]  # Base has no grid to search
+    rungs = ", ".join(map(str, s.get("rungs", [])))
+    return (f"early stopping in the search: ASHA on validation NDCG@10 (grace {s.get('grace_epochs')} epochs, reduction "
+            f"factor {s.get('reduction_factor')}, rungs at epochs {rungs} of {s.get('max_epochs')}) stopped "
+            f"{search['stopped_epochs'].notna().sum()} of {len(search)} search runs, each selected on with its best "
+            "epoch before the stop; seed reruns train the full budget")
 
 
 def _ordered(names: list[str], canonical: dict[str, str]) -> tuple[str, ...]:
@@ -162,6 +182,7 @@ def _caption(table: ComparisonTable) -> str:
 
 
 INCOMPLETE = "‡"  # a cell selected without some of its planned runs (failed, damaged or not finished)
+STOPPED = "§"  # a number averaging a run that the scheduler stopped early
 
 
 def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "<") -> str:
@@ -185,6 +206,11 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "
         parts.append(f"{mark(INCOMPLETE)}: selected without some of the cell's planned runs (failed, damaged or not "
                      "finished; `launch.py status DIR` and the report name them): the full grid may select another "
                      "configuration")
+    if table.early_stopping:
+        parts.append(table.early_stopping)
+    if (table.cells["stopped"] & (table.cells["n_runs"] > 0)).any():
+        parts.append(f"{mark(STOPPED)}: the number averages a search run stopped early (its best epoch before the stop, "
+                     "not the full budget)")
     parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
 
@@ -223,7 +249,8 @@ def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str)
             continue
         number = f"{row.mean * 100:.3f}"
         number = bold(number) if row.best else number
-        suffix = row.marker + (dagger if mixed and row.source == "search" else "") + (INCOMPLETE if row.incomplete else "")
+        suffix = (row.marker + (dagger if mixed and row.source == "search" else "") + (INCOMPLETE if row.incomplete else "")
+                  + (STOPPED if row.stopped else ""))
         texts[key] = number + (mark(suffix) if suffix else "")
     return texts
 
@@ -244,7 +271,7 @@ def to_markdown(table: ComparisonTable) -> str:
 
 
 def _latex_mark(text: str) -> str:
-    return "$^{" + text.replace(WORSE, r"\downarrow").replace(INCOMPLETE, r"\ddagger") + "}$"
+    return "$^{" + text.replace(WORSE, r"\downarrow").replace(INCOMPLETE, r"\ddagger").replace(STOPPED, r"\S") + "}$"
 
 
 def to_latex(table: ComparisonTable) -> str:
@@ -280,7 +307,7 @@ def to_csv(table: ComparisonTable) -> str:
                                difference_pct=table.cells["mean_difference"] * 100, versus=table.versus,
                                test=table.test, correction=table.correction or "none", ties=table.ties)
     columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config", "n_configs",
-               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best", "incomplete"]
+               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best", "incomplete", "stopped"]
     return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
 
 

@@ -170,6 +170,47 @@ class TeacherSettings:
             raise CSRecError(f"teachers.subsample_ratio (p) must lie in (0, 1], got {self.subsample_ratio}")
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Which search points train to the end (`scheduler:` in a spec; the grid and TPE stages only).
+
+    "fifo" (the paper's protocol): every point trains its full budget. "asha": Ray Tune's
+    asynchronous successive halving stops a point at a rung (grace_epochs, grace_epochs x
+    reduction_factor, ... below train.max_epochs) when its best validation NDCG@10 so far is below
+    the top 1/reduction_factor of the cell's points that reached that rung. A stopped point keeps
+    its record with its best epoch so far ("stopped early", never failed). Seed reruns of the
+    selected point always train the full budget (csrec.runner.scheduler).
+    """
+
+    kind: Literal["fifo", "asha"] = "fifo"
+    grace_epochs: int = 10  # asha: no point is stopped before this many epochs (the first rung)
+    reduction_factor: int = 3  # asha: rung spacing, and 1/reduction_factor of the points go on at each rung
+
+    def __post_init__(self):
+        if self.grace_epochs < 1:
+            raise CSRecError(f"scheduler.grace_epochs must be >= 1, got {self.grace_epochs}")
+        if self.reduction_factor < 2:
+            raise CSRecError(f"scheduler.reduction_factor must be >= 2, got {self.reduction_factor}")
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.kind == "asha"
+
+    def rungs(self, max_epochs: int) -> tuple[int, ...]:
+        """The epochs at which ASHA compares points: grace_epochs x reduction_factor^k < max_epochs."""
+        rungs, epoch = [], self.grace_epochs
+        while epoch < max_epochs:
+            rungs.append(epoch)
+            epoch *= self.reduction_factor
+        return tuple(rungs)
+
+    def describe(self, max_epochs: int) -> str:
+        if not self.early_stopping:
+            return "fifo: every search point trains its full budget"
+        return (f"ASHA on validation NDCG@10: grace {self.grace_epochs} epochs, reduction factor "
+                f"{self.reduction_factor}, rungs at epochs {', '.join(map(str, self.rungs(max_epochs)))} of {max_epochs}")
+
+
 METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec", "s3rec")
 
 
@@ -193,6 +234,7 @@ class ExperimentSpec:
     # Other experiments' directories (or stores) whose trained models this one copies in by key
     # instead of training them again; made absolute against the current directory, like storage.
     reuse: tuple[str, ...] = ()
+    scheduler: SchedulerSettings = SchedulerSettings()  # `scheduler: asha` is short for {kind: asha}
 
     def __post_init__(self):
         from csrec.models import MODELS  # late: keeps `import csrec.config` light
@@ -226,6 +268,10 @@ class ExperimentSpec:
                     raise CSRecError(f"datasets.{name}: s3rec pretrains on item attributes and this entry has none; "
                                      "add `attributes: <a registered data set's name or an item2attributes JSON "
                                      f"file>` to it (e.g. attributes: {name if name in datasets.REGISTRY else 'beauty'})")
+        if self.scheduler.early_stopping and self.scheduler.grace_epochs >= self.train.max_epochs:
+            raise CSRecError(f"scheduler.grace_epochs ({self.scheduler.grace_epochs}) must be below train.max_epochs "
+                             f"({self.train.max_epochs}), or ASHA never stops a point; lower grace_epochs or use "
+                             "scheduler: fifo")
 
     def search_space(self, method: str) -> SearchSpace:
         return self.search.get(method, SearchSpace())
@@ -323,6 +369,8 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     raw = read_yaml(path)
     if recorded and isinstance(raw, dict) and isinstance(raw.get("train", {}), dict):
         raw["train"] = LEGACY_DEFAULTS | (raw.get("train") or {})
+    if isinstance(raw, dict) and isinstance(raw.get("scheduler"), str):  # `scheduler: asha` -> its defaults
+        raw["scheduler"] = {"kind": raw["scheduler"]}
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):

@@ -36,6 +36,7 @@ from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
 from csrec.s3rec import S3RecPretraining, pretrain, pretraining_data, student_state
 from csrec.store import Store
+from csrec.tensorboard import EpochScalars
 from csrec.train import FitResult, fit, resolve_device, seed_everything
 
 MODELS = "models"
@@ -103,8 +104,10 @@ def build_objective(job: Job, splits: Splits, store: Store, device, model: torch
                             ensemble=options.get("ensemble", "mean_logits"))
 
 
-def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
+def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | None = None,
+              curves: Path | None = None) -> dict:
     """Train `job` (resuming from work_dir's epoch checkpoint), evaluate, store the artifact.
+    `curves`: a folder for its per-epoch TensorBoard scalars (csrec.tensorboard).
 
     Returns the result dict (as in result.json). Nothing is trained if the artifact exists.
     """
@@ -126,8 +129,20 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train = dataclasses.replace(job.train, seed=job.stream_seed)  # batch order: the same stream
-    fitted = fit(model, splits.train, validate, train, objective, checkpoint, on_epoch_end)
-    _store_model(job, store, model, splits, fitted, exclude, started)
+    scalars = EpochScalars(curves) if curves is not None else None
+
+    def epoch_end(record) -> None:
+        if scalars is not None:  # first: a scheduler's stop (raised by on_epoch_end) keeps the epoch's curve
+            scalars(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    try:
+        fitted = fit(model, splits.train, validate, train, objective, checkpoint, epoch_end)
+    finally:
+        if scalars is not None:
+            scalars.close()
+    _store_model(job, store, model, splits, fitted, started)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)
 
@@ -168,21 +183,27 @@ def pretrain_job(job: Job, store: Store, work_dir: Path) -> dict:
     return read_result(store, job)
 
 
-def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, exclude: bool,
-                 started: float) -> None:
+def _evaluate(job: Job, model, splits: Splits) -> tuple[dict, pd.DataFrame]:
+    """Validation and test metrics of `model`, and its per_user.parquet frame (both splits)."""
     # Every item before the target is masked under exclude_history, also the oldest of a merged
     # window that the truncated input no longer holds (csrec.evaluate.history_before_target).
+    exclude = job.data.resolved_exclude_history
     valid = evaluate(model, splits.valid, exclude, batch_size=job.train.eval_batch_size,
                      history=history_before_target(splits.data, "valid"))
     test = evaluate(model, splits.test, exclude, batch_size=job.train.eval_batch_size,
                     history=history_before_target(splits.data, "test"))
+    users = splits.data.users
+    frame = pd.concat([valid.to_frame("valid", users), test.to_frame("test", users)], ignore_index=True)
+    return {"valid": valid.metrics(), "test": test.metrics()}, frame
+
+
+def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResult, started: float) -> None:
+    metrics, frame = _evaluate(job, model, splits)
     result = {
-        "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch,
-        "valid": valid.metrics(), "test": test.metrics(),
+        "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch, **metrics,
         "history": [dataclasses.asdict(r) for r in fitted.history],
         "started": started, "seconds": time.time() - started,  # this process's run (a resume: since resuming)
     }
-    users = splits.data.users
 
     def fill(folder: Path) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -191,10 +212,28 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
                    folder / "model.pt")
         (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
-        frame = pd.concat([valid.to_frame("valid", users), test.to_frame("test", users)], ignore_index=True)
         frame.to_parquet(folder / "per_user.parquet", index=False)
 
     store.write(MODELS, job.key, job.config(), fill)
+
+
+def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """A job stopped before its budget (a search point stopped early): the best epoch so far of its
+    work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
+    and the per_user frame; seconds: its epochs' training and validation time. Never a model artifact: the key names the model trained to the end."""
+    checkpoint = Path(work_dir) / job.key / "last.pt"
+    if not checkpoint.is_file():
+        raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated; delete "
+                         f"{checkpoint.parent} and resume to train it again")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]  # a file of ours: safe loader
+    splits = splits_for(job)
+    model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides))
+    model.load_state_dict(saved["best_model"])
+    model.to(resolve_device(job.train.device)).eval()
+    metrics, frame = _evaluate(job, model, splits)
+    return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
+            "history": [float(r["valid_score"]) for r in saved["history"]],
+            "seconds": sum(float(r["seconds"]) for r in saved["history"])}, frame
 
 
 def read_result(store: Store, job: Job) -> dict:

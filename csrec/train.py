@@ -90,6 +90,7 @@ class EpochRecord:
     train_loss: float  # mean over training samples of objective + regularization
     valid_score: float  # what validate(model) returned after this epoch
     seconds: float  # training plus validation time of this epoch
+    best_score: float = float("nan")  # the best valid_score up to this epoch (NaN in checkpoints made before it)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
         score = float(validate(model))
         if not np.isfinite(score):
             raise CSRecError(f"validate() returned {score} after epoch {epoch}; it must return a finite score")
-        record = EpochRecord(epoch, loss, score, time.perf_counter() - started)
+        record = EpochRecord(epoch, loss, score, time.perf_counter() - started, max(score, state.best_score))
         state.update(record, model, objective, config.patience)
         if checkpoint_path is not None:
             _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device)

@@ -226,6 +226,9 @@ def test_the_smoke_experiment_on_s3_killed_and_resumed_gives_the_local_table(s3_
     assert code == 0 and f"experiment {directory}" in out and "teachers: 5 of 5 in the store" in out
     assert (directory / "tune" / "search").is_dir()  # Tune's own state went to the bucket too
     assert not (directory / "driver.lock").exists()
+    # every job's training curves are in the bucket, under the experiment (uploaded after each epoch)
+    events = [name for name in objects(str(directory / "tensorboard")) if "events.out.tfevents" in name]
+    assert {name.split("/tensorboard/")[1].split("/")[0] for name in events} >= {"teachers", "search", "seeds"}
 
 
 def test_no_credential_is_written_to_the_bucket_or_the_logs(s3_smoke, s3):

@@ -74,6 +74,7 @@ def print_plan(experiment: Experiment, log=print) -> None:
         log(f"  {state} {job.key}  {job.describe()}")
     log(f"student search trials: {len(grid)} ({finished} finished, {in_reuse} to copy from a reused experiment, "
         f"{len(grid) - finished - in_reuse} to run)")
+    log(f"scheduler of the search: {experiment.spec.scheduler.describe(experiment.spec.train.max_epochs)}")
     for cell, budget in plan.tpe_cells.items():
         log(f"TPE search of {'/'.join(cell)}: {budget} trials")
     cells = {t.cell for t in grid} | set(plan.tpe_cells)

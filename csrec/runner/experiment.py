@@ -83,7 +83,10 @@ class Experiment:
         """Load and check the spec; refuse a directory that belongs to another spec. `directory`
         (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied.
         On object storage the bucket is checked first (exists, may be listed and written)."""
-        spec = load_spec(spec_path, recorded=directory is not None)
+        # The experiment's own spec.yaml (a resume) is read as recorded: fields it lacks mean what they meant then.
+        recorded = directory is not None and (str(location(spec_path).resolve())
+                                              == str((location(directory) / SPEC_FILE).resolve()))
+        spec = load_spec(spec_path, recorded=recorded)
         if directory is not None:
             spec = dataclasses.replace(spec, storage=str(location(directory).resolve()))
         directory = spec.directory
@@ -247,6 +250,8 @@ def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtim
     by_content=False gives the fingerprint of experiments made before that (data by path);
     train_runtime=False leaves the train section out (compared by its key fields instead)."""
     raw = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _RUNTIME_KEYS}
+    if not spec.scheduler.early_stopping:  # fifo, the default: experiments made before `scheduler` keep theirs
+        del raw["scheduler"]
     if not train_runtime:
         del raw["train"]
     if by_content:

@@ -6,8 +6,10 @@ from csrec.errors import CSRecError, first_line
 from csrec.jobs import train_job
 from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
+from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.trials import run_trial
+from csrec.tensorboard import job_folder
 
 
 class LocalBackend:
@@ -15,13 +17,17 @@ class LocalBackend:
         self.log = log
 
     def check(self, spec) -> None:
-        """Nothing to check: this process runs one job at a time, whatever the spec's resources."""
+        """This process runs one job at a time, whatever the spec's resources; early stopping is Tune's."""
+        if spec.scheduler.early_stopping:
+            raise CSRecError(f"scheduler: {spec.scheduler.kind} is Ray Tune's early stopping; run without --local, "
+                             "or set scheduler: fifo to train every point in this process")
 
     def train_models(self, jobs: list[Job], experiment) -> None:
         for number, job in enumerate(jobs, 1):  # dependency order: side teachers before main teachers
             self.log(f"[{number}/{len(jobs)}] teacher {job.describe()}")
             try:
-                train_job(job, experiment.store, experiment.work_dir)
+                train_job(job, experiment.store, experiment.work_dir,
+                          curves=job_folder(experiment.directory, "teachers", job.describe(), job.key))
             except Exception as error:  # noqa: BLE001 - as a Ray task out of retries: one line, the run stops
                 raise teacher_failed(job, str(error) if isinstance(error, CSRecError) else first_line(error)) from error
             experiment.progress(teachers_done=number)
@@ -30,13 +36,20 @@ class LocalBackend:
         """Each trial in turn; one that raises is logged and left out, as a Ray trial out of retries
         is, and the others go on. Returns trial key -> its error, for the failed ones."""
         errors = {}
+        epochs = EpochProgress(experiment, stage, len(trials), 1, self.log)
         for number, trial in enumerate(trials, 1):
+            def on_epoch_end(record, label=trial.label()) -> None:
+                epochs.epoch(label, record.epoch, record.valid_score, record.best_score, record.seconds)
+
             try:
-                result = run_trial(trial, experiment.store, experiment.work_dir)
+                result = run_trial(trial, experiment.store, experiment.work_dir, on_epoch_end,
+                                   job_folder(experiment.directory, stage, trial.label(), trial.job.key))
             except Exception as error:  # noqa: BLE001 - recorded and reported by the run (failed.json)
+                epochs.ended(trial.label(), "failed")
                 errors[trial.job.key] = first_line(error)
                 self.log(f"[{stage} {number}/{len(trials)}] {trial.label()}: FAILED: {errors[trial.job.key]}")
                 continue
+            epochs.ended(trial.label(), "finished")
             self.log(f"[{stage} {number}/{len(trials)}] {trial.label()}: valid {SELECTION_METRIC} "
                      f"{result['valid'][SELECTION_METRIC]:.4f}")
         return errors

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from csrec.config import ExperimentSpec
 from csrec.datasets import data_checksums
@@ -126,6 +126,9 @@ def tpe_teachers(spec: ExperimentSpec, cell: tuple[str, str, str]) -> list[Job]:
 def to_json(plan: Plan) -> str:
     rows = [t.record() | {"job": t.job.describe()} for t in plan.trials]
     teachers = [{"key": j.key, "job": j.describe()} for j in plan.teachers]
+    # The scheduler of the search stages, for the tables' legend (analysis.collect.Collection.scheduler).
+    scheduler = asdict(plan.spec.scheduler) | {"max_epochs": plan.spec.train.max_epochs,
+                                               "rungs": list(plan.spec.scheduler.rungs(plan.spec.train.max_epochs))}
     return json.dumps({"summary": plan.summary(), "datasets": data_checksums(plan.spec.datasets),
-                       "teachers": teachers, "trials": rows, "notes": plan.notes,
+                       "teachers": teachers, "trials": rows, "notes": plan.notes, "scheduler": scheduler,
                        "tpe_cells": [list(c) + [b] for c, b in plan.tpe_cells.items()]}, indent=2)

@@ -1,10 +1,13 @@
-"""Live view of a running experiment (a Tune callback plus the teacher stage's counts)."""
+"""Live view of a running experiment (a Tune callback plus the teacher stage's counts); the
+per-epoch part (each running trial's epoch, scores, time left) is csrec.runner.epochs'."""
 
 from __future__ import annotations
 
 from ray.tune import Callback
 
+from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC
+from csrec.runner.scheduler import BEST_METRIC, EPOCH
 from csrec.runner.trials import best_valid_by_method
 
 METRIC = f"valid_{SELECTION_METRIC}"
@@ -15,8 +18,8 @@ class LiveView(Callback):
     progress.json current (teachers done/running/pending, trials done/running/failed). The best
     score so far starts from every trial already in the store (earlier stages, runs, reused models)."""
 
-    def __init__(self, experiment, log=print, trials=None):
-        self.experiment, self.log, self.trials = experiment, log, trials or []
+    def __init__(self, experiment, log=print, trials=None, epochs: EpochProgress | None = None):
+        self.experiment, self.log, self.trials, self.epochs = experiment, log, trials or [], epochs
         self.counts = {}
         self.best = best_valid_by_method(experiment.store)  # method -> best validation score
 
@@ -37,16 +40,32 @@ class LiveView(Callback):
     def on_step_end(self, iteration, trials, **info):
         self._summary(trials)  # counts from Tune's own trial states, looked at every loop step
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        ours = self._trial(trial)
+        if self.epochs is not None and ours is not None and EPOCH in result:  # an epoch report, not the last one
+            self.epochs.epoch(ours.label(), result[EPOCH], result[METRIC], result[BEST_METRIC], result["epoch_seconds"])
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        ours, score = self._trial(trial), (trial.last_result or {}).get(METRIC)
+        ours, last = self._trial(trial), trial.last_result or {}
+        # Its last report an epoch's (the final one has no EPOCH): the scheduler stopped it. ("done" says
+        # nothing here: Tune sets it on the result a STOP decision was made on.)
+        stopped = EPOCH in last
+        score = last.get(BEST_METRIC) if stopped else last.get(METRIC)
+        if self.epochs is not None and ours is not None:
+            self.epochs.ended(ours.label(), "stopped" if stopped else "finished")
         if ours is not None and score is not None:
             method = ours.method
             if score > self.best.get(method, float("-inf")):
                 self.best[method] = score
-            self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
+            if stopped:
+                self.log(f"stopped early {ours.label()} after epoch {last[EPOCH]}: best {METRIC} {score:.4f}")
+            else:
+                self.log(f"done {ours.label()}: {METRIC} {score:.4f}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         ours = self._trial(trial)
+        if self.epochs is not None and ours is not None:
+            self.epochs.ended(ours.label(), "failed")
         self.log(f"FAILED {ours.label() if ours else trial.trial_id} (retried up to the failure limit)")
 
     def _summary(self, trials) -> None:

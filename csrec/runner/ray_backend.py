@@ -8,7 +8,9 @@
   study so that they start once each, in the list's order, and every cell of the grid shares one
   pool of workers (the tail of one cell never idles the cluster). TPE (csrec.runner.tpe) runs its
   rounds of proposals through the same `run_trials`. Trials report every epoch with a checkpoint
-  and are retried from it (FailureConfig).
+  and are retried from it (FailureConfig). Under `scheduler: asha` the search stages' Tuners stop
+  losing points (csrec.runner.scheduler); a stopped point's record is written by the driver from
+  its work checkpoint (csrec.runner.trials.record_stopped), never by the trial Tune ended.
 - The Tune folder is a cache of one driver's stage, never restored: Tuner.restore unpickles
   tuner.pkl (a file in a shared directory must never run code), and a driver killed while Tune
   writes it leaves a folder that cannot be restored. A new driver runs the stage's trials without a
@@ -31,6 +33,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
@@ -38,12 +41,15 @@ from csrec.errors import CSRecError, first_line
 from csrec.jobs import train_job
 from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
+from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
+from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import sigterm_as_ctrl_c
-from csrec.runner.trials import run_trial
-from csrec.storage import remove_tree, tune_storage
+from csrec.runner.trials import record_stopped, run_trial
+from csrec.storage import RemotePath, remove_tree, tune_storage
 from csrec.store import Store, write_json_atomic
+from csrec.tensorboard import FOLDER, job_folder
 
 TRAINABLE = "csrec_student"
 
@@ -55,6 +61,10 @@ def start_ray(address: str | None = None, log=print) -> None:
     # One checkpoint a trial epoch is the design (resume from the last epoch); Tune's warning about
     # frequent snapshots is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own TensorBoard logger writes under its session folder and prints that folder; the
+    # training curves are the runner's, under the experiment (csrec.tensorboard). Its CSV and JSON
+    # loggers are kept, given to each Tuner (`_tune`).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # OptunaSearch's warnings about its own study's bookkeeping are noise here: results live in
     # the store, not in the study.
@@ -112,17 +122,21 @@ def threads(resources: Resources) -> int:
 
 
 @ray.remote(max_retries=3)
-def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int) -> tuple[str, str]:
+def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str
+                      ) -> tuple[str, str]:
     """Returns the job's key and the Ray node it ran on (logged: where did the teachers go)."""
     import torch
 
     torch.set_num_threads(num_threads)
-    train_job(job, Store(store_root), Path(work_dir))
+    train_job(job, Store(store_root), Path(work_dir),
+              curves=job_folder(experiment_dir, "teachers", job.describe(), job.key))
     return job.key, ray.get_runtime_context().get_node_id()
 
 
-def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int) -> None:
-    """One Tune trial: the student `trials[config["point"]]` of the stage's trial list.
+def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int,
+                      experiment_dir: str, stage: str) -> None:
+    """One Tune trial: the student `trials[config["point"]]` of the stage's trial list; its curves go
+    to csrec.tensorboard.job_folder(experiment_dir, stage, ...).
 
     Its last report also says where it ran ("node_id") and on which GPUs ("gpu_ids", comma-separated
     ids Ray gave it, "" on CPU): with fractional GPU requests, several trials show the same id.
@@ -142,16 +156,19 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     def report_epoch(record) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(checkpoint_file, Path(folder) / "last.pt")
-            tune.report({"epoch": record.epoch, "train_loss": record.train_loss,
-                         f"valid_{SELECTION_METRIC}": record.valid_score, "done": False},
+            tune.report({EPOCH: record.epoch, "train_loss": record.train_loss, "epoch_seconds": record.seconds,
+                         f"valid_{SELECTION_METRIC}": record.valid_score, BEST_METRIC: record.best_score,
+                         "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        result = run_trial(trial, store, Path(work_dir), report_epoch)
+        result = run_trial(trial, store, Path(work_dir), report_epoch,
+                           job_folder(experiment_dir, stage, trial.label(), trial.job.key))
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    tune.report({"epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
+    # No EPOCH key: the scheduler (csrec.runner.scheduler) decides on the epoch reports only.
+    tune.report({"best_epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
                  f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
                  "node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())})
@@ -187,7 +204,8 @@ class RayBackend:
         while pending or running:
             for key, job in list(pending.items()):
                 if not any(t.key in pending or t.key in running.values() for t in job.teachers):
-                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources))
+                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources),
+                                      str(experiment.directory))
                     running[ref] = key
                     del pending[key]
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
@@ -202,7 +220,11 @@ class RayBackend:
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
-        """The stage's trials in one Tuner; returns trial key -> error of those that failed."""
+        """The stage's trials in one Tuner; returns trial key -> error of those that failed. A trial
+        the scheduler stopped (in an earlier driver too) gets its record instead of a Tune trial."""
+        trials = record_stopped(trials, experiment.store, experiment.work_dir, self.log)
+        if not trials:
+            return {}
         return self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
                           experiment)
 
@@ -229,6 +251,8 @@ class RayBackend:
 
     def _tune(self, stage: str, trials: list[Trial], searcher, experiment) -> dict[str, str]:
         """Run the Tune experiment `stage` over `trials` in a new folder (module docstring)."""
+        spec, work_dir = experiment.spec, experiment.work_dir
+        scheduler = stage_scheduler(stage, trials, spec.scheduler, spec.train.max_epochs, experiment.store, work_dir)
         resources = feasible(experiment.spec.trial_resources, self.log)
         tune_dir = experiment.directory / "tune"
         path = tune_dir / stage
@@ -242,27 +266,36 @@ class RayBackend:
         write_json_atomic(tune_dir / f"{stage}.trials.json", [t.record() | {"label": t.label()} for t in trials])
         trainable = tune.with_resources(
             tune.with_parameters(student_trainable, trials=trials, store_root=str(experiment.store.root),
-                                 work_dir=str(experiment.work_dir), num_threads=threads(resources)),
+                                 work_dir=str(experiment.work_dir), num_threads=threads(resources),
+                                 experiment_dir=str(experiment.directory), stage=stage),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
-        view = LiveView(experiment, self.log, trials)
         lanes = self.width(experiment, resources)  # `feasible` (and its GPU warning) once a stage
+        view = LiveView(experiment, self.log, trials, EpochProgress(experiment, stage, len(trials), lanes, self.log))
         tuner = tune.Tuner(
             trainable,
             # reuse_actors: a worker process (torch imported, data set loaded and cached by
             # jobs._load) runs trial after trial instead of being started for each one.
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(trials),
                                         max_concurrent_trials=lanes, reuse_actors=True),
-            run_config=tune.RunConfig(name=stage, **tune_storage(tune_dir), verbose=0, callbacks=[view],
+            run_config=tune.RunConfig(name=stage, **tune_storage(tune_dir), verbose=0,
+                                      callbacks=[view, CSVLoggerCallback(), JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=3),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
+        how = "seed reruns train the full budget" if stage == "seeds" else spec.scheduler.describe(spec.train.max_epochs)
+        curves = experiment.directory / FOLDER
+        where = " (on object storage: copy it to this machine first)" if isinstance(curves, RemotePath) else ""
+        self.log(f"{stage}: {how}; training curves: tensorboard --logdir {curves}{where}")
         started = time.time()
         results = tuner.fit()
+        stopped = set(getattr(scheduler, "stopped", {}))
+        record_stopped(trials, experiment.store, work_dir, self.log)
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
         # finished (its last report says done) nor failed, or was never started, means the stage was
         # stopped. Say so and stop the run, never go on to the next stage as if it had finished.
-        ended = sum(r.error is not None or bool((r.metrics or {}).get("done")) for r in results)
+        ended = sum(r.error is not None or bool((r.metrics or {}).get("done"))
+                    or trials[r.config["point"]].job.key in stopped for r in results)
         if ended < len(trials):
             self.log(f"{stage}: stopped with {len(trials) - ended} of {len(trials)} trials unfinished")
             raise KeyboardInterrupt(stage)
@@ -270,7 +303,8 @@ class RayBackend:
         write_json_atomic(tune_dir / f"{stage}.timing.json",
                           {"seconds": time.time() - started, "lanes": lanes, "resumed": replaced})
         errors = {trials[r.config["point"]].job.key: error_line(r.error) for r in results if r.error is not None}
-        self.log(f"{stage}: {len(results) - len(errors)} trials finished, {len(errors)} failed "
+        self.log(f"{stage}: {len(results) - len(errors) - len(stopped)} trials finished, {len(stopped)} stopped early, "
+                 f"{len(errors)} failed "
                  f"({time.time() - started:.0f} s)")
         for result in results:
             if result.error is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from csrec.errors import CSRecError
 from csrec.jobs import MODELS
+from csrec.runner.epochs import status_lines
 from csrec.runner.experiment import FAILED_FILE
 from csrec.runner.lock import holder
 from csrec.runner.plan import SELECTION_METRIC
@@ -54,6 +55,8 @@ def status(directory: str | Path) -> str:
     if str(progress.get("stage", "")).startswith("tpe ") and "tpe_target" in progress:
         lines.append(f"TPE search of this cell: {progress['tpe_evaluated']} of {progress['tpe_target']} distinct "
                      f"points evaluated, {progress.get('tpe_failed', 0)} failed")
+    if isinstance(progress.get("epochs"), dict):
+        lines += status_lines(progress["epochs"])
     if progress.get("trials_running") is not None:
         lines.append(f"trials now: {progress.get('trials_running')} running, {progress.get('trials_failed', 0)} failed")
     for method, score in sorted(best_valid_by_method(store).items()):

@@ -12,16 +12,19 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from csrec.jobs import MODELS, read_result, train_job
+from csrec.jobs import MODELS, evaluate_checkpoint, read_result, train_job
 from csrec.runner.plan import SELECTION_METRIC, Trial
-from csrec.store import Store, artifact_problem
+from csrec.store import Store, artifact_problem, read_json, write_json_atomic
 
 TRIALS = "trials"
+STOPPED_FILE = "stopped.json"  # in a trial's work folder: the scheduler's decision to stop it (csrec.runner.scheduler)
 
 
-def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None) -> dict:
-    """Train the trial's student (or find it in the store) and write its record."""
-    train_job(trial.job, store, work_dir, on_epoch_end)
+def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None,
+              curves: Path | None = None) -> dict:
+    """Train the trial's student (or find it in the store) and write its record; `curves`: its
+    TensorBoard folder (csrec.tensorboard.job_folder)."""
+    train_job(trial.job, store, work_dir, on_epoch_end, curves)
     return write_record(trial, store)
 
 
@@ -39,6 +42,55 @@ def write_record(trial: Trial, store: Store) -> dict:
 
     store.write(TRIALS, trial.job.key, trial.record(), fill)
     return record
+
+
+def write_stop_decision(work_dir: Path, trial: Trial, decision: dict) -> None:
+    """Keep the scheduler's decision to stop `trial` (the driver's, before Tune ends it): final from here on."""
+    write_json_atomic(Path(work_dir) / trial.job.key / STOPPED_FILE, decision | {"label": trial.label()})
+
+
+def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print) -> list[Trial]:
+    """Write the record of every unrecorded trial the scheduler stopped (a decision in its work
+    folder): its best epoch so far, evaluated, marked "stopped". Returns the trials not stopped."""
+    pending = []
+    for trial in trials:
+        decision = read_json(Path(work_dir) / trial.job.key / STOPPED_FILE)
+        if decision is None or store.verify(TRIALS, trial.job.key):
+            pending.append(trial)
+            continue
+        result, frame = evaluate_checkpoint(trial.job, work_dir)
+        stopped = {k: v for k, v in decision.items() if k != "label"} | {
+            k: result[k] for k in ("epochs", "history", "seconds")}
+        record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")} | {"stopped": stopped}
+
+        def fill(folder: Path) -> None:
+            (folder / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+            frame.to_parquet(folder / "per_user.parquet", index=False)
+
+        store.write(TRIALS, trial.job.key, trial.record(), fill)
+        shutil.rmtree(Path(work_dir) / trial.job.key, ignore_errors=True)
+        log(f"stopped early: {trial.label()} after epoch {result['epochs']} (rung {decision['rung']}: best valid "
+            f"{SELECTION_METRIC} {decision['score']:.4f} < cutoff {decision['cutoff']:.4f}); its best epoch "
+            f"{result['best_epoch']} is its record")
+    return pending
+
+
+def cell_histories(store: Store, cell: tuple) -> dict[str, list[float]]:
+    """trial key -> per-epoch validation scores, of every recorded search point of `cell` (stopped
+    ones from their record, the others from their model's history)."""
+    histories = {}
+    for key in store.keys(TRIALS):
+        if artifact_problem(store.path(TRIALS, key)) is not None:
+            continue
+        record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
+        if (record["dataset"], record["model"], record["method"]) != tuple(cell) or record["stage"] != "search":
+            continue
+        if "stopped" in record:
+            histories[key] = list(record["stopped"]["history"])
+        elif store.verify(MODELS, key):
+            model = json.loads((store.path(MODELS, key) / "result.json").read_text())
+            histories[key] = [float(r["valid_score"]) for r in model.get("history", [])]
+    return histories
 
 
 def record_stored(trials: list[Trial], store: Store) -> list[Trial]:
