@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,23 @@ def write_smoke_spec(folder: Path, name: str, **changes) -> Path:
 
 def quiet(_line: str) -> None:
     """A runner log that prints nothing."""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray for the module, in its own temp folder (short: Ray's socket paths are)."""
+    import ray
+
+    from csrec.runner.ray_backend import start_ray
+
+    folder = tempfile.mkdtemp(prefix="csr", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.setenv("RAY_TMPDIR", folder)
+        start_ray(log=quiet)
+        yield ray
+        ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

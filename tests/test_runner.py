@@ -136,22 +136,6 @@ def created(directory: Path) -> dict[str, float]:
             for p in (root / kind).iterdir() if (p / "meta.json").is_file()}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One in-process Ray for the module, in its own temp folder (short: Ray's socket paths are)."""
-    import ray
-
-    from csrec.runner.ray_backend import start_ray
-
-    folder = tempfile.mkdtemp(prefix="csr", dir="/tmp")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("RAY_ADDRESS", raising=False)
-        patch.setenv("RAY_TMPDIR", folder)
-        start_ray(log=quiet)
-        yield ray
-        ray.shutdown()
-    shutil.rmtree(folder, ignore_errors=True)
-
 
 # ---- local backend: deduplication, damaged files -------------------------------------------------
 

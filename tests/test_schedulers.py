@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,21 +45,6 @@ def search_record(directory: Path, beta: float) -> dict:
     (record,) = [r for r in records(directory).values() if r["stage"] == "search" and r["params"]["beta"] == beta]
     return record
 
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from csrec.runner.ray_backend import start_ray
-
-    folder = tempfile.mkdtemp(prefix="csr", dir="/tmp")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("RAY_ADDRESS", raising=False)
-        patch.setenv("RAY_TMPDIR", folder)
-        start_ray(log=quiet)
-        yield ray
-        ray.shutdown()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
