@@ -40,20 +40,24 @@ def experiment_lock(directory, log=print) -> "ExperimentLock | LeaseLock":
     return LeaseLock(directory, log) if isinstance(directory, RemotePath) else ExperimentLock(directory, log)
 
 
-class ExperimentLock:
+class _HeldWhileInside:
+    """`with lock:` acquires on entry and releases on exit, whatever ends the block."""
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class ExperimentLock(_HeldWhileInside):
     """`with ExperimentLock(directory, log):` holds the experiment for this process."""
 
     def __init__(self, directory: Path, log=print):
         self.path = Path(directory) / LOCK_FILE
         self.log = log
         self.handle = None
-
-    def __enter__(self) -> "ExperimentLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     def acquire(self) -> None:
         while True:
@@ -88,7 +92,7 @@ class ExperimentLock:
             self.handle = None
 
 
-class LeaseLock:
+class LeaseLock(_HeldWhileInside):
     """`with LeaseLock(directory, log):` holds an experiment on object storage (module docstring)."""
 
     def __init__(self, directory: RemotePath, log=print):
@@ -97,13 +101,6 @@ class LeaseLock:
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-
-    def __enter__(self) -> "LeaseLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     def acquire(self) -> None:
         previous = _read(self.path) if self.path.exists() else None
