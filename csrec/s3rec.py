@@ -52,7 +52,6 @@ Deviations, each without effect on what is optimised except where said:
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ from csrec.batching import epoch_generator
 from csrec.data.samples import SequenceData
 from csrec.errors import NonFiniteLossError, first_line
 from csrec.models import SASRec, SASRecConfig, gather_last
-from csrec.train import TrainConfig, resolve_device
+from csrec.train import TrainConfig, resolve_device, save_atomic
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 NEGATIVE_DRAWS = 64  # rejection rounds for MIP negatives; a prefix holding (almost) every item keeps its last draw
@@ -283,10 +282,7 @@ def _save(path: Path, module, optimizer, config: TrainConfig, n_prefixes: int, h
     """The epoch checkpoint, written beside `path` and renamed over it (never half a file)."""
     payload = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "n_prefixes": n_prefixes,
                "config": config.key_fields, "history": [dataclasses.asdict(h) for h in history]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_atomic(payload, path)
 
 
 def _resume(path: Path, module, optimizer, config: TrainConfig, n_prefixes: int) -> list[PretrainingEpoch]:

@@ -35,12 +35,6 @@ ENVIRONMENT = ("AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_S
                "S3; GOOGLE_APPLICATION_CREDENTIALS for gs")
 
 
-def is_remote(value) -> bool:
-    """Whether `value` names a folder on a file system other than this machine's (a URI, not file://)."""
-    return isinstance(value, RemotePath) or (isinstance(value, str) and "://" in value
-                                             and not value.startswith("file://"))
-
-
 def location(value, what: str = "storage") -> "Path | RemotePath":
     """A local path as a Path (expanded, not resolved), a URI as a RemotePath (checked: `what` names
     the setting in the error)."""

@@ -43,14 +43,16 @@ class EpochScalars:
         self.local = (cache_dir() / FOLDER / hashlib.sha256(str(folder).encode()).hexdigest()[:16] if self.remote
                       else Path(folder))
         self.local.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(logdir=str(self.local), flush_secs=30)
+        before = set(self.local.glob("events.out.tfevents.*"))
+        self.writer = SummaryWriter(logdir=str(self.local), flush_secs=30)  # opens its event file at once
+        self.files = sorted(set(self.local.glob("events.out.tfevents.*")) - before)  # this writer's, uploaded
 
     def __call__(self, record) -> None:
         for field, tag in TAGS.items():
             self.writer.add_scalar(tag, float(getattr(record, field)), global_step=record.epoch)
         self.writer.flush()  # a curve that moves while the job trains
-        if self.remote is not None:  # each event file whole (a few kB): an object is replaced, never appended to
-            for events in sorted(self.local.glob("events.out.tfevents.*")):
+        if self.remote is not None:  # this writer's file whole (a few kB): an object is replaced, never appended to
+            for events in self.files:
                 upload(events, self.remote / events.name)
 
     def close(self) -> None:

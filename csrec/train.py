@@ -241,6 +241,11 @@ def _save(path: Path, state: _State, model, objective, optimizer, config: TrainC
         "config": dataclasses.asdict(config), "n_train": n_train,
         "rng": _rng_state(device),
     }
+    save_atomic(payload, path)
+
+
+def save_atomic(payload, path: Path) -> None:
+    """torch.save to a temporary file next to `path`, synced, then renamed over it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:

@@ -99,6 +99,7 @@ class LeaseLock(_HeldWhileInside):
         self.path = directory / LOCK_FILE
         self.log = log
         self.owner = uuid.uuid4().hex
+        self.started = time.time()  # when this driver took the lock: renewals keep it
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -121,7 +122,7 @@ class LeaseLock(_HeldWhileInside):
         self._renewer.start()
 
     def _write(self) -> None:
-        self.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+        self.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
                                          "owner": self.owner, "expires": time.time() + LEASE_S}))
 
     def _renew(self) -> None:
