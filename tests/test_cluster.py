@@ -107,8 +107,10 @@ write_spec = write_smoke_spec
 
 def test_smoke_runs_on_both_nodes_with_half_a_gpu_per_trial(tmp_path, cluster):
     # Three teachers at once (a Base run, CSRec-D's two), then two CSRec-D trials sharing the GPU.
+    # Sixty epochs: a trial lasts seconds, so the second's actor start-up cannot outlast the first.
     spec = write_spec(tmp_path, "exp", methods=["base", "csrec-d"], seeds=[0],
                       search={"csrec-d": {"beta": [0.5, 0.75], "temperature": [3.0]}},
+                      train={"max_epochs": 60, "patience": 60, "batch_size": 64, "progress": False, "num_threads": 1},
                       teacher_resources={"cpu": 1}, trial_resources={"cpu": 1, "gpu": 0.5})
     done = subprocess.run([sys.executable, "launch.py", "run", str(spec), "--address", cluster.address],
                           cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
@@ -128,8 +130,7 @@ def test_smoke_runs_on_both_nodes_with_half_a_gpu_per_trial(tmp_path, cluster):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         final = rows[-1]
         assert final["done"]
-        runs.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], final["timestamp"],
-                     final["node_id"], final["gpu_ids"]))
+        runs.append((final["began_at"], final["ended_at"], final["node_id"], final["gpu_ids"]))
     assert len(runs) == 2
     assert {gpus for *_, gpus in runs} == {"0"}  # both trials were given GPU 0
     (gpu_node,) = {node for _, _, node, _ in runs}  # all trials on the GPU node

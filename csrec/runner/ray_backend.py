@@ -138,10 +138,13 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     """One Tune trial: the student `trials[config["point"]]` of the stage's trial list; its curves go
     to csrec.tensorboard.job_folder(experiment_dir, stage, ...).
 
-    Its last report also says where it ran ("node_id") and on which GPUs ("gpu_ids", comma-separated
-    ids Ray gave it, "" on CPU): with fractional GPU requests, several trials show the same id.
+    Its last report also says where it ran ("node_id"), on which GPUs ("gpu_ids", comma-separated
+    ids Ray gave it, "" on CPU: with fractional GPU requests, several trials show the same id) and
+    when (wall-clock seconds "began_at" and "ended_at"; Tune's own "timestamp" is whole seconds).
     """
     import torch
+
+    began_at = time.time()
 
     torch.set_num_threads(num_threads)
     trial = trials[config["point"]]
@@ -171,7 +174,8 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     tune.report({"best_epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
                  f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
                  "node_id": ray.get_runtime_context().get_node_id(),
-                 "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())})
+                 "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+                 "began_at": began_at, "ended_at": time.time()})
 
 
 def error_line(error: BaseException) -> str:
