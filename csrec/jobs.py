@@ -69,8 +69,13 @@ def load_model(store: Store, job: Job, device: torch.device | str = "cpu") -> to
     """The trained model of `job` from the store; an error (never an untrained model) if absent."""
     folder = store.require(MODELS, job.key, f"the trained model for {job.describe()}")
     saved = _read_weights(folder / "model.pt", device)
-    model = build_model(job.model, saved["n_items"], saved["max_len"], **dict(job.model_overrides))
-    model.load_state_dict(saved["state_dict"])
+    return _restored(job, saved["n_items"], saved["max_len"], saved["state_dict"], device)
+
+
+def _restored(job: Job, n_items: int, max_len: int, state_dict: dict, device) -> torch.nn.Module:
+    """`job`'s model built for the data's shape, holding `state_dict`, on `device`, in eval mode."""
+    model = build_model(job.model, n_items, max_len, **dict(job.model_overrides))
+    model.load_state_dict(state_dict)
     return model.to(device).eval()
 
 
@@ -170,15 +175,7 @@ def pretrain_job(job: Job, store: Store, work_dir: Path) -> dict:
               "history": [dataclasses.asdict(h) for h in history],
               "started": started, "seconds": time.time() - started}
 
-    def fill(folder: Path) -> None:
-        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        torch.save({"state_dict": state, "n_items": data.n_items, "max_len": data.max_len,
-                    "n_attributes": attributes.n_attributes, "model_config": dataclasses.asdict(config)},
-                   folder / "model.pt")
-        (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
-        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
-
-    store.write(MODELS, job.key, job.config(), fill)
+    _write_model(job, store, module, data, config, result, n_attributes=attributes.n_attributes)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return read_result(store, job)
 
@@ -204,15 +201,23 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
         "history": [dataclasses.asdict(r) for r in fitted.history],
         "started": started, "seconds": time.time() - started,  # this process's run (a resume: since resuming)
     }
+    _write_model(job, store, model, splits.data, model_config(job.model, **dict(job.model_overrides)), result,
+                 per_user=frame)
+
+
+def _write_model(job: Job, store: Store, module: torch.nn.Module, data, config, result: dict,
+                 per_user: pd.DataFrame | None = None, **saved) -> None:
+    """The job's model artifact: model.pt (weights on the CPU, the data's shape, the model config,
+    `saved`), config.json, result.json and, for a trained student, per_user.parquet."""
 
     def fill(folder: Path) -> None:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "n_items": splits.data.n_items, "max_len": splits.data.max_len,
-                    "model_config": dataclasses.asdict(model_config(job.model, **dict(job.model_overrides)))},
-                   folder / "model.pt")
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        torch.save({"state_dict": state, "n_items": data.n_items, "max_len": data.max_len, **saved,
+                    "model_config": dataclasses.asdict(config)}, folder / "model.pt")
         (folder / "config.json").write_text(json.dumps(job.config(), indent=2, sort_keys=True))
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_number))
-        frame.to_parquet(folder / "per_user.parquet", index=False)
+        if per_user is not None:
+            per_user.to_parquet(folder / "per_user.parquet", index=False)
 
     store.write(MODELS, job.key, job.config(), fill)
 
@@ -220,16 +225,16 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
 def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     """A job stopped before its budget (a search point stopped early): the best epoch so far of its
     work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
-    and the per_user frame; seconds: its epochs' training and validation time. Never a model artifact: the key names the model trained to the end."""
+    and the per_user frame; seconds: its epochs' training and validation time. Never a model
+    artifact: the key names the model trained to the end."""
     checkpoint = Path(work_dir) / job.key / "last.pt"
     if not checkpoint.is_file():
         raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated; delete "
                          f"{checkpoint.parent} and resume to train it again")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]  # a file of ours: safe loader
     splits = splits_for(job)
-    model = build_model(job.model, splits.data.n_items, splits.data.max_len, **dict(job.model_overrides))
-    model.load_state_dict(saved["best_model"])
-    model.to(resolve_device(job.train.device)).eval()
+    model = _restored(job, splits.data.n_items, splits.data.max_len, saved["best_model"],
+                      resolve_device(job.train.device))
     metrics, frame = _evaluate(job, model, splits)
     return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
             "history": [float(r["valid_score"]) for r in saved["history"]],

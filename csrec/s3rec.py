@@ -250,23 +250,28 @@ def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.
         generator = epoch_generator(config.seed, epoch)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout: this epoch's stream
         module.train()
-        sums = dict.fromkeys((*OBJECTIVES, "total"), 0.0)
+        names = (*OBJECTIVES, "total")
+        # Losses stay on the device and are checked once per epoch (as csrec.train does): no host sync
+        # per batch; a non-finite batch spoils only weights that the error below keeps from the checkpoint.
+        sums = []  # per batch: [len(names)] losses times the batch's size
         order = torch.randperm(len(data), generator=generator)
-        for number, rows in enumerate(order.split(config.batch_size), 1):
+        for rows in order.split(config.batch_size):
             batch = sample_batch(data.prefixes[rows], data.lengths[rows], data.long_sequence, module.mask_item,
                                  params["mask_ratio"], generator)
             losses = module.losses(_to(batch, device), attributes)
             losses["total"] = total_loss(losses, params)
-            if not torch.isfinite(losses["total"]):
-                raise NonFiniteLossError(f"the S3Rec pretraining loss is {losses['total'].item()} at epoch {epoch}, "
-                                         f"batch {number}: lower train.learning_rate (now {config.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
-            for name, value in losses.items():
-                sums[name] += value.item() * len(rows)
-        history.append(PretrainingEpoch(epoch, {k: v / len(data) for k, v in sums.items()},
-                                        time.perf_counter() - started))
+            sums.append(torch.stack([losses[name].detach() for name in names]) * len(rows))
+        sums = torch.stack(sums)  # [n_batches, len(names)]
+        finite = torch.isfinite(sums[:, -1])
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise NonFiniteLossError(f"the S3Rec pretraining loss is {float(sums[bad, -1])} at epoch {epoch}, "
+                                     f"batch {bad + 1}: lower train.learning_rate (now {config.learning_rate})")
+        totals = (sums.sum(0) / len(data)).tolist()
+        history.append(PretrainingEpoch(epoch, dict(zip(names, totals)), time.perf_counter() - started))
         _save(checkpoint, module, optimizer, config, len(data), history)
         if config.progress:
             log(f"pretraining epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].losses.items())

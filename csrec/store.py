@@ -140,9 +140,7 @@ class Store:
 
             def fill(folder: Path) -> None:
                 for name, digest in files.items():
-                    storage.copy_to_local(source / name, folder / name)
-                    if file_sha256(folder / name) != digest:
-                        raise ValueError(f"{name} does not match its checksum")
+                    checked_copy(source / name, folder / name, digest)
 
             self.write(kind, key, meta["config"], fill)
         except (OSError, ValueError, KeyError):
@@ -180,6 +178,13 @@ class Store:
         return final
 
 
+def checked_copy(source: Path | RemotePath, target: Path, digest: str) -> None:
+    """Copy one artifact file onto this node; ValueError when the copy does not match `digest`."""
+    storage.copy_to_local(source, target)
+    if file_sha256(target) != digest:
+        raise ValueError(f"{source.name} does not match its checksum")
+
+
 def fetch(folder: Path | RemotePath) -> Path:
     """A complete artifact's files on this node: a local folder as it is; a remote one copied into
     the cache, keyed by the sha256 of its meta.json (which names every file's digest), each file
@@ -196,9 +201,7 @@ def fetch(folder: Path | RemotePath) -> Path:
             continue
         tmp = target / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            storage.copy_to_local(folder / name, tmp)
-            if file_sha256(tmp) != digest:
-                raise ValueError(f"{name} does not match its checksum")
+            checked_copy(folder / name, tmp, digest)
             os.replace(tmp, target / name)
         finally:
             tmp.unlink(missing_ok=True)

@@ -141,6 +141,23 @@ def test_status_during_a_tpe_search_prints_the_cells_running_total(tmp_path, fin
     assert "TPE search of this cell: 2 of 3 distinct points evaluated, 1 failed" in out
 
 
+def test_status_says_which_earlier_failures_a_resume_is_running_again(tmp_path, finished_smoke, capsys):
+    shutil.copy(finished_smoke / "plan.json", tmp_path / "plan.json")
+    failed = {"k1": {"label": "smoke/gru4rec/softrec beta=0.5", "error": "OSError: disk full"},
+              "k2": {"label": "smoke/gru4rec/csrec-m beta=0.5", "error": "OSError: disk full"}}
+    (tmp_path / "failed.json").write_text(json.dumps(failed))
+    running = {"smoke/gru4rec/csrec-m beta=0.5": {"epoch": 3, "max_epochs": 8, "valid": 0.1, "best": 0.1,
+                                                  "seconds": 1.0}}
+    (tmp_path / "progress.json").write_text(json.dumps({"stage": "search", "epochs": {
+        "stage": "search", "total": 2, "finished": 0, "stopped": 0, "failed": 0, "running": running,
+        "pending": 1, "eta_s": 5.0, "mean_epoch_s": 1.0}}))
+    assert launch.main(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "failed trials (no record; `launch.py resume` tries them again): 2" in lines
+    assert "  smoke/gru4rec/softrec beta=0.5: OSError: disk full" in lines  # not running: failed as it was
+    assert "  smoke/gru4rec/csrec-m beta=0.5: OSError: disk full (running again now)" in lines
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, capsys):
     spec = smoke_spec(tmp_path, "fresh")
     assert launch.main(["run", str(spec), "--dry-run"]) == 0

@@ -380,3 +380,30 @@ def test_pretraining_resumed_from_its_epoch_checkpoint_ends_as_an_uninterrupted_
         run(tmp_path / "b.pt", epochs=3)
     assert history[0].losses["total"] == pytest.approx(
         sum(S3REC_DEFAULTS[f"{k}_weight"] * history[0].losses[k] for k in ("aap", "mip", "map", "sp")), rel=1e-6)
+
+
+def test_a_non_finite_pretraining_loss_stops_naming_epoch_and_batch_and_keeps_the_earlier_epoch(tmp_path,
+                                                                                                monkeypatch):
+    from csrec.errors import NonFiniteLossError
+    data = make_sequence_data(n_sequences=12, n_items=9, max_len=6, seed=3)
+    samples = pretraining_data(data)
+    attributes = torch.zeros(data.n_items + 1, 4, dtype=torch.bool)
+    attributes[1:, 1] = True
+    module = S3RecPretraining(data.n_items, data.max_len, SMALL, 3)
+    calls = {"n": 0}
+    real = S3RecPretraining.losses
+
+    def spoiled(self, batch, attrs):  # NaN in the 2nd epoch's 2nd batch
+        calls["n"] += 1
+        losses = real(self, batch, attrs)
+        if calls["n"] == per_epoch + 2:
+            losses["mip"] = losses["mip"] * float("nan")
+        return losses
+
+    per_epoch = math.ceil(len(samples) / 5)
+    monkeypatch.setattr(S3RecPretraining, "losses", spoiled)
+    config = TrainConfig(max_epochs=3, batch_size=5, seed=4, device="cpu")
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2, batch 2: lower train.learning_rate"):
+        pretrain(module, samples, attributes, S3REC_DEFAULTS, config, tmp_path / "p.pt", log=lambda _: None)
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)  # the checkpoint holds epoch 1 only
+    assert [h["epoch"] for h in saved["history"]] == [1]

@@ -28,7 +28,7 @@ class EpochProgress:
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.running: dict[str, dict] = {}  # trial label -> its latest epoch
         self.finished = self.failed = self.stopped = 0
-        self.seconds: list[float] = []  # every epoch of the stage, for the time left
+        self.epoch_seconds, self.epochs_measured = 0.0, 0  # over the stage's epochs, for the time left
         self._last = 0.0
 
     def __getstate__(self):  # pickled with Tune's callbacks: not the printer
@@ -37,7 +37,8 @@ class EpochProgress:
     def epoch(self, label: str, epoch: int, valid: float, best: float, seconds: float) -> None:
         self.running[label] = {"epoch": int(epoch), "max_epochs": self.max_epochs, "valid": float(valid),
                                "best": float(best), "seconds": float(seconds)}
-        self.seconds.append(float(seconds))
+        self.epoch_seconds += float(seconds)
+        self.epochs_measured += 1
         self.update()
 
     def ended(self, label: str, how: str) -> None:
@@ -46,19 +47,23 @@ class EpochProgress:
         setattr(self, how, getattr(self, how) + 1)
         self.update(force=True)
 
+    def mean_epoch_seconds(self) -> float | None:
+        return self.epoch_seconds / self.epochs_measured if self.epochs_measured else None
+
     def eta_seconds(self) -> float | None:
-        if not self.seconds:
+        mean = self.mean_epoch_seconds()
+        if mean is None:
             return None
         pending = max(0, self.total - self.finished - self.failed - self.stopped - len(self.running))
         left = sum(self.max_epochs - r["epoch"] for r in self.running.values()) + pending * self.max_epochs
-        return left * (sum(self.seconds) / len(self.seconds)) / max(1, min(self.lanes, len(self.running) + pending))
+        return left * mean / max(1, min(self.lanes, len(self.running) + pending))
 
     def snapshot(self) -> dict:
         done = self.finished + self.failed + self.stopped
         return {"stage": self.stage, "total": self.total, "finished": self.finished, "stopped": self.stopped,
                 "failed": self.failed, "running": dict(self.running),
                 "pending": max(0, self.total - done - len(self.running)), "eta_s": self.eta_seconds(),
-                "mean_epoch_s": sum(self.seconds) / len(self.seconds) if self.seconds else None}
+                "mean_epoch_s": self.mean_epoch_seconds()}
 
     def update(self, force: bool = False) -> None:
         now = time.time()

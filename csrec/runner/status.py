@@ -50,8 +50,12 @@ def status(directory: str | Path) -> str:
     failed = read_json(directory / FAILED_FILE, lines.append, "failures of earlier runs are not known") or {}
     failed = {k: v for k, v in failed.items() if k not in trials}
     if failed:
+        # A resume's driver trains them again: say which of them run now, so no running trial reads as failed.
+        epochs = progress.get("epochs") if isinstance(progress.get("epochs"), dict) else {}
+        running = set(epochs.get("running", {}))
         lines.append(f"failed trials (no record; `launch.py resume` tries them again): {len(failed)}")
-        lines += [f"  {entry.get('label', key)}: {entry.get('error', '?')}" for key, entry in failed.items()]
+        lines += [f"  {entry.get('label', key)}: {entry.get('error', '?')}"
+                  + (" (running again now)" if entry.get("label") in running else "") for key, entry in failed.items()]
     if str(progress.get("stage", "")).startswith("tpe ") and "tpe_target" in progress:
         lines.append(f"TPE search of this cell: {progress['tpe_evaluated']} of {progress['tpe_target']} distinct "
                      f"points evaluated, {progress.get('tpe_failed', 0)} failed")

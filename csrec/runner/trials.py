@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from csrec.jobs import MODELS, evaluate_checkpoint, read_result, train_job
 from csrec.runner.plan import SELECTION_METRIC, Trial
@@ -33,12 +33,19 @@ def write_record(trial: Trial, store: Store) -> dict:
     if store.verify(TRIALS, trial.job.key):
         return trial_result(store, trial)
     result = read_result(store, trial.job)
-    record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")}
     source = store.require(MODELS, trial.job.key, f"the model of {trial.label()}") / "per_user.parquet"
+    return _store_record(trial, store, result, lambda target: shutil.copy(source, target))
+
+
+def _store_record(trial: Trial, store: Store, result: dict, write_per_user: Callable[[Path], object],
+                  **extra) -> dict:
+    """store/trials/<key>/: result.json (the trial's identity, `result`'s scores, `extra`) and the
+    per-user metrics that `write_per_user(path)` writes; returns the record."""
+    record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")} | extra
 
     def fill(folder: Path) -> None:
         (folder / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        shutil.copy(source, folder / "per_user.parquet")
+        write_per_user(folder / "per_user.parquet")
 
     store.write(TRIALS, trial.job.key, trial.record(), fill)
     return record
@@ -61,13 +68,7 @@ def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print)
         result, frame = evaluate_checkpoint(trial.job, work_dir)
         stopped = {k: v for k, v in decision.items() if k != "label"} | {
             k: result[k] for k in ("epochs", "history", "seconds")}
-        record = trial.record() | {k: result[k] for k in ("best_epoch", "valid", "test")} | {"stopped": stopped}
-
-        def fill(folder: Path) -> None:
-            (folder / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-            frame.to_parquet(folder / "per_user.parquet", index=False)
-
-        store.write(TRIALS, trial.job.key, trial.record(), fill)
+        _store_record(trial, store, result, lambda target: frame.to_parquet(target, index=False), stopped=stopped)
         shutil.rmtree(Path(work_dir) / trial.job.key, ignore_errors=True)
         log(f"stopped early: {trial.label()} after epoch {result['epochs']} (rung {decision['rung']}: best valid "
             f"{SELECTION_METRIC} {decision['score']:.4f} < cutoff {decision['cutoff']:.4f}); its best epoch "
@@ -79,10 +80,7 @@ def cell_histories(store: Store, cell: tuple) -> dict[str, list[float]]:
     """trial key -> per-epoch validation scores, of every recorded search point of `cell` (stopped
     ones from their record, the others from their model's history)."""
     histories = {}
-    for key in store.keys(TRIALS):
-        if artifact_problem(store.path(TRIALS, key)) is not None:
-            continue
-        record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
+    for key, record in stored_records(store):
         if (record["dataset"], record["model"], record["method"]) != tuple(cell) or record["stage"] != "search":
             continue
         if "stopped" in record:
@@ -114,13 +112,18 @@ def trial_result(store: Store, trial: Trial) -> dict | None:
     return json.loads((store.path(TRIALS, trial.job.key) / "result.json").read_text())
 
 
+def stored_records(store: Store) -> Iterator[tuple[str, dict]]:
+    """(key, result.json) of every intact trial record in the store (files only; a damaged one is
+    skipped here, never repaired: this is read by status and the schedulers while trials run)."""
+    for key in store.keys(TRIALS):
+        if artifact_problem(store.path(TRIALS, key)) is None:
+            yield key, json.loads((store.path(TRIALS, key) / "result.json").read_text())
+
+
 def best_valid_by_method(store: Store) -> dict[str, float]:
     """method -> the best validation NDCG@10 among all the finished trials in the store (files only)."""
     best: dict[str, float] = {}
-    for key in store.keys(TRIALS):
-        if artifact_problem(store.path(TRIALS, key)) is not None:  # damaged: not a result (read only here)
-            continue
-        record = json.loads((store.path(TRIALS, key) / "result.json").read_text())
+    for _, record in stored_records(store):
         score = record["valid"].get(SELECTION_METRIC)
         if score is not None and score > best.get(record["method"], float("-inf")):
             best[record["method"]] = score
