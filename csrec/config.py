@@ -96,6 +96,22 @@ class Resources:
             raise CSRecError(f"resources need cpu > 0 and gpu >= 0, got cpu={self.cpu}, gpu={self.gpu}")
 
 
+# ELECRec's defaults (the authors' src/main.py): its one grid point when a spec gives none, and the
+# values a `train` command leaves out.
+ELECREC_DEFAULTS = {"sample_ratio": 0.7, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.5}
+# S3Rec's pretraining defaults: the authors' run_pretrain.py (RecBole's page has aap 1.0, mip 0.2,
+# map 1.0, sp 0.5, mask_ratio 0.2; csrec.s3rec).
+S3REC_DEFAULTS = {"aap_weight": 0.2, "mip_weight": 1.0, "map_weight": 1.0, "sp_weight": 0.5, "mask_ratio": 0.2}
+UNIT_PARAMS = ("alpha", "beta", "sample_ratio", "mask_ratio")  # grid parameters that lie in [0, 1]
+WEIGHT_PARAMS = ("prob_power", "gen_loss_weight", "dis_loss_weight",  # grid parameters that are >= 0
+                 "aap_weight", "mip_weight", "map_weight", "sp_weight")
+
+
+def _default(defaults: dict, name: str) -> Any:
+    """A SearchSpace field whose one point is the method's default."""
+    return field(default=(defaults[name],))
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The student grid of one method (paper 4.1.4). `alpha` matters to csrec-t only (Eq. 12);
@@ -111,26 +127,24 @@ class SearchSpace:
     beta: tuple[float, ...] = (0.25, 0.5, 0.75)
     temperature: tuple[float, ...] = (1.0, 3.0, 6.0, 9.0)
     alpha: tuple[float, ...] = (0.25, 0.5, 0.75)
-    sample_ratio: tuple[float, ...] = (0.7,)  # elecrec: share of positions given a generator draw
-    prob_power: tuple[float, ...] = (1.0,)  # elecrec: the generator's softmax raised to this power
-    gen_loss_weight: tuple[float, ...] = (1.0,)  # elecrec: weight of the generator's CE
-    dis_loss_weight: tuple[float, ...] = (0.5,)  # elecrec: weight of the discriminator's BCE
-    aap_weight: tuple[float, ...] = (0.2,)  # s3rec: weight of associated attribute prediction
-    mip_weight: tuple[float, ...] = (1.0,)  # s3rec: weight of masked item prediction
-    map_weight: tuple[float, ...] = (1.0,)  # s3rec: weight of masked attribute prediction
-    sp_weight: tuple[float, ...] = (0.5,)  # s3rec: weight of segment prediction
-    mask_ratio: tuple[float, ...] = (0.2,)  # s3rec: probability that an item (but the last) is masked
+    sample_ratio: tuple[float, ...] = _default(ELECREC_DEFAULTS, "sample_ratio")  # elecrec: positions drawn anew
+    prob_power: tuple[float, ...] = _default(ELECREC_DEFAULTS, "prob_power")  # elecrec: generator softmax power
+    gen_loss_weight: tuple[float, ...] = _default(ELECREC_DEFAULTS, "gen_loss_weight")  # elecrec: generator CE
+    dis_loss_weight: tuple[float, ...] = _default(ELECREC_DEFAULTS, "dis_loss_weight")  # elecrec: discriminator BCE
+    aap_weight: tuple[float, ...] = _default(S3REC_DEFAULTS, "aap_weight")  # s3rec: associated attribute prediction
+    mip_weight: tuple[float, ...] = _default(S3REC_DEFAULTS, "mip_weight")  # s3rec: masked item prediction
+    map_weight: tuple[float, ...] = _default(S3REC_DEFAULTS, "map_weight")  # s3rec: masked attribute prediction
+    sp_weight: tuple[float, ...] = _default(S3REC_DEFAULTS, "sp_weight")  # s3rec: segment prediction
+    mask_ratio: tuple[float, ...] = _default(S3REC_DEFAULTS, "mask_ratio")  # s3rec: P(an item, not the last, masked)
     sampler: Literal["grid", "tpe"] = "grid"
     budget: int | None = None
 
     def __post_init__(self):
-        for name, values, low, high in (("beta", self.beta, 0, 1), ("alpha", self.alpha, 0, 1),
-                                        ("sample_ratio", self.sample_ratio, 0, 1), ("mask_ratio", self.mask_ratio, 0, 1)):
-            bad = [v for v in values if not low <= v <= high]
-            if bad or not values:
+        for name in UNIT_PARAMS:
+            values = getattr(self, name)
+            if not values or any(not 0 <= v <= 1 for v in values):
                 raise CSRecError(f"{name} values must lie in [0, 1] (and be at least one), got {list(values)}")
-        for name in ("prob_power", "gen_loss_weight", "dis_loss_weight", "aap_weight", "mip_weight", "map_weight",
-                     "sp_weight"):
+        for name in WEIGHT_PARAMS:
             values = getattr(self, name)
             if not values or any(not v >= 0 for v in values):
                 raise CSRecError(f"{name} values must be >= 0 (and be at least one), got {list(values)}")

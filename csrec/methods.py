@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from csrec.config import METHOD_NAMES, TeacherSettings
+from csrec.config import (ELECREC_DEFAULTS, METHOD_NAMES, S3REC_DEFAULTS, UNIT_PARAMS, WEIGHT_PARAMS,
+                          TeacherSettings)
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
 from csrec.store import config_key, file_sha256
@@ -60,12 +61,6 @@ GRID_PARAMS = {
 # Methods defined over the SASRec backbone only: a spec's other models get no cell of them.
 SASREC_METHODS = ("elecrec", "s3rec")
 
-# ELECRec's defaults (the authors' src/main.py), for the parameters a `train` command leaves out.
-ELECREC_DEFAULTS = {"sample_ratio": 0.7, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.5}
-
-# S3Rec's pretraining defaults: the authors' run_pretrain.py (RecBole's page has aap 1.0, mip 0.2,
-# map 1.0, sp 0.5, mask_ratio 0.2; csrec.s3rec).
-S3REC_DEFAULTS = {"aap_weight": 0.2, "mip_weight": 1.0, "map_weight": 1.0, "sp_weight": 0.5, "mask_ratio": 0.2}
 PRETRAINING = "s3rec-pretraining"  # the objective of S3Rec's pretraining job
 
 
@@ -172,13 +167,12 @@ def check_params(method: str, params: dict[str, float]) -> None:
     missing = [p for p in GRID_PARAMS[method] if p not in params]
     if missing:
         raise CSRecError(f"method {method} needs {', '.join(missing)} (give --{missing[0]} or a grid)")
-    for name in ("alpha", "beta", "sample_ratio", "mask_ratio"):
+    for name in UNIT_PARAMS:
         if name in params and not 0 <= params[name] <= 1:
             raise CSRecError(f"{name} must lie in [0, 1], got {params[name]}")
     if "temperature" in params and params["temperature"] <= 0:
         raise CSRecError(f"temperature T must be > 0, got {params['temperature']}")
-    for name in ("prob_power", "gen_loss_weight", "dis_loss_weight", "aap_weight", "mip_weight", "map_weight",
-                 "sp_weight"):
+    for name in WEIGHT_PARAMS:
         if name in params and not params[name] >= 0:
             raise CSRecError(f"{name} must be >= 0, got {params[name]}")
 
