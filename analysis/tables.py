@@ -47,7 +47,7 @@ _TEST_NAMES = {
     "seed-ttest": (f"paired two-sided t-test over the per-seed means, paired by seed; {_SEED_AWARE}; "
                    f"needs >= {MIN_SEEDS['seed-ttest']} common seeds"),
 }
-FORMATS = ("md", "latex", "csv")
+FORMATS = ("md", "latex", "csv", "published")
 
 
 @dataclass(frozen=True)
@@ -317,14 +317,16 @@ def comparison_table(experiment_dir: str | Path, fmt: str = "md", metrics=("reca
                      ties: str = "expected", exclude_search_run: bool = False) -> str:
     """Table 2 (or Table 3 with metrics=("recall+@10", "ndcg+@10")) of `experiment_dir` as text.
 
-    fmt: "md" | "latex" | "csv"; versus: the method every other is tested against ("softrec" as in
+    fmt: "md" | "latex" | "csv" | "published" (beside the paper's Table 2: analysis.published); versus: the method every other is tested against ("softrec" as in
     the paper, or "base"); test: per user "ttest" | "wilcoxon" | "randomisation", or seed-aware
     "bootstrap" | "seed-ttest" (analysis.significance; n_resamples, seed); correction: None |
     "holm" (across the table's comparisons); ties: "expected" | "pessimistic"; exclude_search_run:
     the seed reruns only, without the search run that won the selection.
     """
+    from analysis.published import to_published  # it builds on this module
+
     if fmt not in FORMATS:
         raise CSRecError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     table = build_table(collect(experiment_dir), metrics, versus, test, correction, selection_metric, n_resamples, seed,
                         ties, exclude_search_run)
-    return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](table)
+    return {"md": to_markdown, "latex": to_latex, "csv": to_csv, "published": to_published}[fmt](table)

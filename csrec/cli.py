@@ -274,7 +274,8 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _add_table(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="experiment directory")
-    p.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="Markdown, LaTeX or CSV")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv", "published"],
+                   help="Markdown, LaTeX, CSV, or published: each cell beside the paper's Table 2 (Last.FM, Yelp)")
     p.add_argument("--metric", nargs="+", default=["recall@10", "ndcg@10"], help="metrics (columns per model)")
     p.add_argument("--vs", default="softrec", choices=["softrec", "base"], help="the method every other is tested against")
     p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation", "bootstrap", "seed-ttest"],

@@ -455,3 +455,65 @@ def test_cli_table_names_its_options(experiment, capsys):
     with pytest.raises(SystemExit):
         launch.main(["table", str(experiment), "--test", "z-test"])
     assert "seed-ttest" in capsys.readouterr().err
+
+
+def test_published_view_sets_each_cell_beside_the_papers_number_as_its_legend_says(experiment, partial):
+    from analysis.published import PUBLISHED, published, to_published
+
+    collection = collect(experiment)
+    table = build_table(collection)
+    text = comparison_table(experiment, fmt="published")
+    rows = [[p.strip() for p in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| Dataset")]
+    ours = _markdown_cells(to_markdown(table))
+    names = {v: k for k, v in {**DATASET_NAMES, **METHOD_NAMES}.items()}
+    models = {"GRU4Rec": "gru4rec", "SASRec": "sasrec"}
+    assert len(rows) == 2 * len(METHODS) and {r[0] for r in rows} == {"Last.FM"}  # ML-100K: no published number
+    assert f"only cells with both numbers are listed ({len(rows)})" in text
+    chosen = select(collection, "ndcg@10")
+    for row in rows:
+        dataset, method, model = names[row[0]], names[row[1]], models[row[2]]
+        column = MODELS.index(model) * 2
+        for i, metric in enumerate(("recall@10", "ndcg@10")):
+            shown, paper, difference = row[3 + 3 * i: 6 + 3 * i]
+            number = ours[(row[0], row[1])][column + i].strip("*\\↓‡§†")
+            assert shown.startswith(number)  # the comparison table's number, as printed there
+            runs = cell_numbers(collection, {k: v for k, v in chosen.items() if k == (dataset, model, method)}, metric)
+            n_runs, std = runs["n_runs"].iloc[0], runs["std"].iloc[0] * 100
+            spread = "" if n_runs == 1 else f" ± {std:.3f}"  # the sample std over those runs; none of one run
+            assert shown == f"{number}{spread} ({n_runs})"
+            assert float(paper) == published(dataset, model, method, metric) == PUBLISHED[(dataset, model, method, metric)]
+            assert float(difference) == pytest.approx(float(number) - float(paper), abs=1e-9)
+    assert {row[2] for row in rows if row[1] == "CSRec-T"} == {"GRU4Rec", "SASRec"}
+    assert "‡" not in text and "§" not in text  # nothing incomplete or stopped: no mark, no legend for one
+
+    # In the partial experiment Last.FM SASRec's CSRec-T never ran: no number of ours, so no line.
+    rows = [line for line in comparison_table(partial, fmt="published").splitlines() if line.startswith("| Last.FM")]
+    assert len(rows) == 2 * len(METHODS) - 1 and not any("| CSRec-T | SASRec |" in line for line in rows)
+    # A cell selected without some of its planned runs carries ‡, and then the legend says what ‡ means.
+    flagged = build_table(collection)
+    flagged.cells.loc[(flagged.cells["method"] == "base") & (flagged.cells["model"] == "gru4rec"), "incomplete"] = True
+    text = to_published(flagged)
+    line = next(line for line in text.splitlines() if line.startswith("| Last.FM | Base | GRU4Rec |"))
+    assert line.count("‡") == 2 and text.count("‡") == 3 and "‡: selected without some of the cell's planned runs" in text
+
+
+def test_published_numbers_are_the_reference_table(tmp_path):
+    from analysis.published import PUBLISHED
+
+    reference = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
+    if not reference.is_file():
+        pytest.skip(f"{reference} is not on this machine")
+    text = reference.read_text()
+    found = 0
+    for dataset, title in (("lastfm", "Last.FM"), ("yelp", "Yelp")):
+        block = text.split(f"| {title} | GRU4Rec | NextItNet | NARM | SASRec |")[1].split("\n\n")[0]
+        for line in block.splitlines()[2:]:
+            parts = [p.strip() for p in line.strip("|").split("|")]
+            method = {v: k for k, v in METHOD_NAMES.items()}[parts[0]]
+            for model, pair in zip(("gru4rec", "nextitnet", "narm", "sasrec"), parts[1:]):
+                recall, ndcg = (float(x) for x in pair.split("/"))
+                assert PUBLISHED[(dataset, model, method, "recall@10")] == recall
+                assert PUBLISHED[(dataset, model, method, "ndcg@10")] == ndcg
+                found += 2
+    assert found == len(PUBLISHED) == 80
