@@ -87,6 +87,39 @@ def test_the_local_backend_refuses_asha(tmp_path):
 
 # ---- ASHA through Ray ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("max_epochs, grace, factor", [(90, 10, 3), (80, 10, 2), (30, 10, 3), (80, 10, 3)])
+def test_asha_rungs_are_the_settings_and_a_point_at_its_last_epoch_is_never_stopped(tmp_path, max_epochs, grace,
+                                                                                    factor):
+    # Tune alone puts a rung at max_epochs when max_epochs / grace is a power of the factor (90 = 10 x 3^2),
+    # and would stop a point there, on its last epoch, before its model is stored.
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from csrec.config import SchedulerSettings
+    from csrec.runner.scheduler import BEST_METRIC, EPOCH, CellASHA
+    from csrec.store import Store
+
+    settings = SchedulerSettings("asha", grace, factor)
+    points = [SimpleNamespace(cell=("d", "m", "softrec"), job=SimpleNamespace(key=f"k{i}"), label=lambda: "point")
+              for i in range(4)]
+    scheduler = CellASHA(points, settings, max_epochs, Store(tmp_path / "store"), tmp_path / "work")
+    tune_trials = [SimpleNamespace(config={"point": i}, trial_id=f"t{i}") for i in range(4)]
+    for tune_trial in tune_trials:
+        scheduler.on_trial_add(None, tune_trial)
+    rungs = [int(m) for m, _ in scheduler._cell(tune_trials[0])._brackets[0]._rungs]
+    assert sorted(rungs) == list(settings.rungs(max_epochs)) and max(rungs) < max_epochs
+    actions = []
+    for epoch in range(1, max_epochs + 1):  # three good points pass every rung; the last is far below
+        for i, tune_trial in enumerate(tune_trials):
+            score = 0.01 if i == 3 else 0.5 + i / 100
+            action = scheduler.on_trial_result(None, tune_trial, {EPOCH: epoch, BEST_METRIC: score})
+            actions.append((i, epoch, action))
+    stops = [(i, epoch) for i, epoch, action in actions if action == TrialScheduler.STOP]
+    assert stops and all(i == 3 and epoch in rungs for i, epoch in stops)  # the bad point, at rungs only
+    assert not any(epoch == max_epochs for _, epoch in stops)
+
+
 def test_asha_stops_the_worse_point_at_its_rung_and_not_the_better(asha_run):
     directory, lines = asha_run
     good, bad = search_record(directory, GOOD), search_record(directory, BAD)

@@ -61,7 +61,11 @@ class CellASHA(FIFOScheduler):
             asha = AsyncHyperBandScheduler(time_attr=EPOCH, metric=BEST_METRIC, mode="max", max_t=self.max_epochs,
                                            grace_period=self.settings.grace_epochs,
                                            reduction_factor=self.settings.reduction_factor, stop_last_trials=False)
-            rungs = asha._brackets[0]._rungs  # [(milestone, {trial id: score})], highest milestone first
+            # Tune puts a rung at max_t itself when max_epochs / grace_epochs is a power of the reduction
+            # factor: a point would be stopped on its last epoch, its full-budget model never stored. The
+            # rungs are the settings' (below max_epochs), the same list plan.json and the legend give.
+            rungs = [(float(m), {}) for m in reversed(self.settings.rungs(self.max_epochs))]
+            asha._brackets[0]._rungs = rungs  # [(milestone, {trial id: score})], highest milestone first
             for key, scores in cell_histories(self.store, cell).items():
                 for milestone, recorded in rungs:
                     if len(scores) >= milestone:
@@ -75,6 +79,8 @@ class CellASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         asha = self._cell(trial)
         action = asha.on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and int(result[EPOCH]) >= self.max_epochs:
+            action = TrialScheduler.CONTINUE  # its budget is done: it ends by itself and stores its model
         if action == TrialScheduler.STOP:
             bracket = asha._brackets[0]
             # The rung just decided on: the highest one that now holds this trial (rungs come highest first).
