@@ -116,8 +116,12 @@ class Store:
         problem = None if self.verify(kind, key) else "missing or damaged"
         if problem is None:
             try:
-                return fetch(self.path(kind, key))
-            except (OSError, ValueError, KeyError) as error:  # a remote file that does not match its checksum
+                return _fetch_checked(self.path(kind, key))
+            except OSError as error:  # a read that failed (network, the node's disk): the artifact may be intact
+                raise CSRecError(f"{what} ({kind}/{key}) could not be copied from the store {self.root} to this node "
+                                 f"({error}); nothing was removed: run again, or check access to the store and the "
+                                 "node's free space") from None
+            except (ValueError, KeyError) as error:  # twice a file that does not match its checksum
                 warnings.warn(f"store: {kind}/{key} is damaged ({error}); removing it so that it is made again")
                 storage.remove_tree(self.path(kind, key))
                 problem = "damaged"
@@ -176,6 +180,15 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+
+def _fetch_checked(folder: Path | RemotePath) -> Path:
+    """fetch, tried again once when a file does not match its checksum (a read garbled on the way is
+    not damage); a second mismatch raises ValueError."""
+    try:
+        return fetch(folder)
+    except ValueError:
+        return fetch(folder)
 
 
 def checked_copy(source: Path | RemotePath, target: Path, digest: str) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,6 +168,41 @@ def test_a_store_on_a_file_system_only_fsspec_knows(tmp_path, monkeypatch):
     assert store.keys("models") == ["k"] and not store.verify("models", "cut")
     assert (store.require("models", "k", "the teacher") / "model.pt").read_bytes() == b"weights"
     assert str(store.root) == "memory://csrec-test/store"
+
+
+def test_a_failed_or_garbled_read_of_a_remote_artifact_never_removes_it(tmp_path, monkeypatch):
+    from csrec import storage, store as store_module
+
+    monkeypatch.setenv("CSREC_CACHE", str(tmp_path))
+    store = Store("memory://csrec-test/reads")
+    store.write("models", "k", {"x": 1}, lambda d: (d / "model.pt").write_bytes(b"weights" * 10))
+    real = storage.copy_to_local
+    calls = {"n": 0}
+
+    def failing(source, target):  # the network drops once
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("connection reset by peer")
+        real(source, target)
+
+    monkeypatch.setattr(store_module.storage, "copy_to_local", failing)
+    with pytest.raises(CSRecError, match=r"could not be copied .* \(connection reset by peer\); nothing was removed"):
+        store.require("models", "k", "the teacher")
+    assert store.verify("models", "k")  # still in the bucket
+    assert (store.require("models", "k", "the teacher") / "model.pt").read_bytes() == b"weights" * 10
+
+    calls["n"] = 0
+    shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)  # the node's cache: fetched anew
+
+    def garbling(source, target):  # one read comes back with other bytes of the same size
+        calls["n"] += 1
+        real(source, target)
+        if calls["n"] == 1:
+            target.write_bytes(b"x" * target.stat().st_size)
+
+    monkeypatch.setattr(store_module.storage, "copy_to_local", garbling)
+    assert (store.require("models", "k", "the teacher") / "model.pt").read_bytes() == b"weights" * 10
+    assert calls["n"] == 2 and store.verify("models", "k")
 
 
 def test_the_lease_lock_refuses_a_second_driver_and_takes_over_a_dead_one(s3, monkeypatch):
