@@ -228,6 +228,43 @@ def test_the_lease_lock_refuses_a_second_driver_and_takes_over_a_dead_one(s3, mo
         assert "is gone (its lease ended at" in lines[0] and "taking over" in lines[0]
 
 
+def test_the_lease_survives_a_failed_read_and_a_failed_read_never_takes_over(tmp_path, monkeypatch):
+    from csrec.runner import lock
+
+    monkeypatch.setattr(lock, "SETTLE_S", 0.0)
+    monkeypatch.setattr(lock, "LEASE_S", 0.4)  # renewed every 0.1 s
+    directory = location("memory://csrec-test/lease")
+    path = directory / lock.LOCK_FILE
+    real = type(path).read_text
+    failures = {"left": 0}
+
+    def flaky(self):
+        if self.name == lock.LOCK_FILE and failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError("connection reset by peer")
+        return real(self)
+
+    monkeypatch.setattr(type(path), "read_text", flaky)
+    interrupted = []
+    monkeypatch.setattr(lock._thread, "interrupt_main", lambda: interrupted.append(True))
+    lines = []
+    held = lock.experiment_lock(directory, lines.append)
+    with held:
+        failures["left"] = 2  # two renewals cannot read the lock
+        time.sleep(1.0)  # > LEASE_S: had renewal stopped, the lease would have ended
+        assert held._renewer.is_alive() and json.loads(real(path))["expires"] > time.time()
+        failures["left"] = 1  # a second driver cannot read it: refused, not taken over
+        with pytest.raises(CSRecError, match=r"cannot read or write .*connection reset by peer.*nothing was started"):
+            lock.experiment_lock(directory).acquire()
+        assert json.loads(real(path))["owner"] == held.owner and not interrupted
+        # another driver really took it (this one paused past its lease): this driver stops as on Ctrl-C
+        path.write_text(json.dumps({"host": "elsewhere.example", "pid": 1, "started": 0, "owner": "other",
+                                    "expires": time.time() + 600}))
+        time.sleep(0.3)
+        assert interrupted and "taken over by another driver" in lines[-1] and not held._renewer.is_alive()
+    assert json.loads(real(path))["owner"] == "other"  # release leaves the other driver's lock alone
+
+
 # ---- the smoke experiment on S3 ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ On object storage there is no flock: `LeaseLock` writes the lock object with an 
 end of a lease that a thread renews every LEASE_S / 4 seconds, and reads it back SETTLE_S seconds
 later: of two drivers starting together the later write wins and the other is refused. A lock whose
 lease has ended (its driver stopped renewing it: killed, or its machine lost), or whose driver is a
-dead process on this host, is taken over and said. (S3's conditional write, If-None-Match, would
+dead process on this host, is taken over and said; a lock that cannot be read (the store unreachable)
+is never taken over, and a renewal that cannot read it tries again. A driver that finds its lock
+taken over (it paused for longer than the lease) stops as on Ctrl-C, keeping finished work. (S3's conditional write, If-None-Match, would
 close the gap of a driver paused between reading and writing for longer than SETTLE_S; pyarrow,
 which gives us every file system through one interface, cannot send it. Hosts' clocks must agree
 to well within LEASE_S.)
@@ -18,6 +20,7 @@ to well within LEASE_S.)
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import json
 import os
@@ -104,7 +107,16 @@ class LeaseLock(_HeldWhileInside):
         self._renewer: threading.Thread | None = None
 
     def acquire(self) -> None:
-        previous = _read(self.path) if self.path.exists() else None
+        try:
+            self._take()
+        except OSError as error:  # never a take-over on a failed read: the holder may be running
+            raise CSRecError(f"cannot read or write {self.path} ({error}); nothing was started: run again, or check "
+                             "access to the store") from None
+        self._renewer = threading.Thread(target=self._renew, name="csrec-lock-lease", daemon=True)
+        self._renewer.start()
+
+    def _take(self) -> None:
+        previous = _read(self.path, strict=True) if self.path.exists() else None
         if previous is not None:
             stale = _stale(previous, lease=True)
             if stale is None:
@@ -114,12 +126,10 @@ class LeaseLock(_HeldWhileInside):
                      "taking over")
         self._write()
         time.sleep(SETTLE_S)
-        current = _read(self.path)
+        current = _read(self.path, strict=True)
         if current.get("owner") != self.owner:
             raise CSRecError(f"{self.path.parent} was taken by another driver starting at the same time "
                              f"({_describe(current)}); wait for it to end or stop it, then resume")
-        self._renewer = threading.Thread(target=self._renew, name="csrec-lock-lease", daemon=True)
-        self._renewer.start()
 
     def _write(self) -> None:
         self.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
@@ -128,10 +138,13 @@ class LeaseLock(_HeldWhileInside):
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_S / 4):
             try:
-                current = _read(self.path)
+                current = _read(self.path, strict=True)
                 if current.get("owner") != self.owner:
-                    self.log(f"warning: lock: {self.path} was taken over by another driver ({_describe(current)}) "
-                             "while this one ran (a pause longer than the lease?); stop one of them")
+                    # Two drivers on one experiment would write the same files: this one stops as on Ctrl-C
+                    # (finished work is kept), the other goes on.
+                    self.log(f"error: lock: {self.path} was taken over by another driver ({_describe(current)}) "
+                             "while this one ran (a pause longer than the lease?); stopping this driver")
+                    _thread.interrupt_main()
                     return
                 self._write()
             except OSError:  # the store unreachable for a moment: the next renewal tries again
@@ -143,8 +156,12 @@ class LeaseLock(_HeldWhileInside):
         self._stop.set()
         self._renewer.join()
         self._renewer = None
-        if _read(self.path).get("owner") == self.owner:
-            self.path.unlink(missing_ok=True)
+        try:
+            if _read(self.path, strict=True).get("owner") == self.owner:
+                self.path.unlink(missing_ok=True)
+        except OSError as error:  # left in place: its lease ends within LEASE_S and the next driver takes it
+            self.log(f"warning: lock: could not remove {self.path} ({error}); the next driver takes it over once "
+                     f"its lease ends ({LEASE_S:.0f} s)")
 
 
 def holder(directory) -> str | None:
@@ -176,10 +193,21 @@ def _stale(content: dict, lease: bool) -> str | None:
     return None
 
 
-def _read(path) -> dict:
+def _read(path, strict: bool = False) -> dict:
+    """The lock's content; {"unreadable": True} for content that is not a lock's. A failed read is
+    that too, unless `strict` (the lease's decisions): then the OSError is raised, since a lock
+    that could not be read is not a stale one."""
     try:
-        content = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        if strict:
+            raise
+        return {"unreadable": True}
+    try:
+        content = json.loads(text or "{}")
+    except ValueError:
         return {"unreadable": True}
     return content if isinstance(content, dict) else {"unreadable": True}
 
