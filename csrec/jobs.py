@@ -29,7 +29,7 @@ from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
 from csrec.elecrec import ELECRec
-from csrec.errors import CSRecError
+from csrec.errors import CSRecError, first_line
 from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import PRETRAINING, Job
 from csrec.models import build_model, model_config
@@ -226,15 +226,19 @@ def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     """A job stopped before its budget (a search point stopped early): the best epoch so far of its
     work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
     and the per_user frame; seconds: its epochs' training and validation time. Never a model
-    artifact: the key names the model trained to the end."""
+    artifact: the key names the model trained to the end. Evaluated where this runs (the driver,
+    which may have no GPU): on CUDA when present, else on the CPU."""
     checkpoint = Path(work_dir) / job.key / "last.pt"
     if not checkpoint.is_file():
-        raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated; delete "
-                         f"{checkpoint.parent} and resume to train it again")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]  # a file of ours: safe loader
+        raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated")
+    try:  # a file of ours: the safe loader
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]
+        best = saved["best_model"]
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise CSRecError(f"{checkpoint} is unreadable ({first_line(error)}), so the stopped {job.describe()} "
+                         "cannot be evaluated") from None
     splits = splits_for(job)
-    model = _restored(job, splits.data.n_items, splits.data.max_len, saved["best_model"],
-                      resolve_device(job.train.device))
+    model = _restored(job, splits.data.n_items, splits.data.max_len, best, resolve_device("auto"))
     metrics, frame = _evaluate(job, model, splits)
     return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
             "history": [float(r["valid_score"]) for r in saved["history"]],

@@ -229,6 +229,38 @@ def test_resume_keeps_the_stop_decisions(asha_run, tmp_path):
     assert search_record(killed, BAD)["stopped"]["epoch"] == 2  # stopped again: the rung holds the good point
 
 
+def test_a_stopped_points_checkpoint_comes_from_tune_storage_and_a_lost_one_means_training_it_again(tmp_path):
+    # On object storage each node has its own work folder: the driver records a stopped point from
+    # the checkpoint the trial reported to Tune; a checkpoint lost or damaged drops the decision.
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from csrec.runner.plan import trial_for
+    from csrec.runner.ray_backend import _fetch_stopped_checkpoints
+    from csrec.runner.trials import STOPPED_FILE, record_stopped, write_stop_decision
+    from csrec.store import Store
+
+    spec = load_spec(asha_spec(tmp_path, "unit"))
+    trial = trial_for(spec, ("smoke", "gru4rec", "softrec"), {"beta": BAD, "temperature": 1.0}, 0, "search")
+    reported = tmp_path / "reported"
+    reported.mkdir()
+    (reported / "last.pt").write_bytes(b"the trial's checkpoint")
+    result = SimpleNamespace(config={"point": 0}, checkpoint=tune.Checkpoint.from_directory(str(reported)))
+    work = tmp_path / "driver-work"
+    _fetch_stopped_checkpoints([result], [trial], set(), work)
+    assert not (work / trial.job.key).exists()  # not stopped: nothing to fetch
+    _fetch_stopped_checkpoints([result], [trial], {trial.job.key}, work)
+    assert (work / trial.job.key / "last.pt").read_bytes() == b"the trial's checkpoint"
+
+    write_stop_decision(work, trial, {"by": "asha", "epoch": 2, "rung": 2, "score": 0.1, "cutoff": 0.2})
+    lines: list[str] = []
+    pending = record_stopped([trial], Store(tmp_path / "store"), work, lines.append)  # those bytes are no checkpoint
+    assert pending == [trial] and not (work / trial.job.key / STOPPED_FILE).exists()
+    assert "is unreadable" in lines[0] and "the point trains again" in lines[0]
+    assert not (tmp_path / "store" / "trials").exists()
+
+
 # ---- progress by epoch ---------------------------------------------------------------------------
 
 def test_status_of_a_running_experiment_shows_each_trial_epoch_and_the_time_left(tmp_path, monkeypatch):

@@ -187,6 +187,20 @@ def error_line(error: BaseException) -> str:
     return lines[-1].strip() if lines else type(error).__name__
 
 
+def _fetch_stopped_checkpoints(results, trials: list[Trial], stopped: set[str], work_dir: Path) -> None:
+    """A stopped trial's record is made here, on the driver, from its epoch checkpoint; on a cluster
+    whose work folders are per node (object storage) that checkpoint is on the node that trained it,
+    so it comes from the copy the trial reported to Tune's storage with its last epoch."""
+    for result in results:
+        trial = trials[result.config["point"]]
+        target = Path(work_dir) / trial.job.key / "last.pt"
+        if trial.job.key not in stopped or target.is_file() or result.checkpoint is None:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with result.checkpoint.as_directory() as folder:
+            shutil.copy(Path(folder) / "last.pt", target)
+
+
 class RayBackend:
     def __init__(self, address: str | None = None, log=print):
         self.log = log
@@ -294,6 +308,7 @@ class RayBackend:
         started = time.time()
         results = tuner.fit()
         stopped = set(getattr(scheduler, "stopped", {}))
+        _fetch_stopped_checkpoints(results, trials, stopped, work_dir)
         record_stopped(trials, experiment.store, work_dir, self.log)
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
         # finished (its last report says done) nor failed, or was never started, means the stage was

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+from csrec.errors import CSRecError
 from csrec.jobs import MODELS, evaluate_checkpoint, read_result, train_job
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.store import Store, artifact_problem, read_json, write_json_atomic
@@ -65,7 +66,13 @@ def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print)
         if decision is None or store.verify(TRIALS, trial.job.key):
             pending.append(trial)
             continue
-        result, frame = evaluate_checkpoint(trial.job, work_dir)
+        try:
+            result, frame = evaluate_checkpoint(trial.job, work_dir)
+        except CSRecError as error:  # its checkpoint is gone or unreadable: train the point again, never a wedge
+            log(f"warning: {error}; the decision to stop {trial.label()} is dropped and the point trains again")
+            (Path(work_dir) / trial.job.key / STOPPED_FILE).unlink(missing_ok=True)
+            pending.append(trial)
+            continue
         stopped = {k: v for k, v in decision.items() if k != "label"} | {
             k: result[k] for k in ("epochs", "history", "seconds")}
         _store_record(trial, store, result, lambda target: frame.to_parquet(target, index=False), stopped=stopped)
