@@ -260,3 +260,24 @@ def test_an_experiment_recorded_before_the_sequence_default_stays_in_the_prefix_
     new = write_smoke_spec(tmp_path, "exp", train={"max_epochs": 2, "progress": False})
     with pytest.raises(CSRecError, match=r"was run in the prefix layout .* add `layout: prefix`"):
         Experiment.open(new, log=quiet)
+
+
+@pytest.mark.parametrize("layout", ["prefix", "sequence"])
+def test_a_recorded_spec_without_layout_means_the_layout_whose_keys_plan_json_holds(tmp_path, layout):
+    """A spec.yaml put in by hand (the advice for a lost one) has no train.layout and means today's
+    default; one written before the layouts existed means prefix. plan.json's keys tell them apart."""
+    from csrec.runner import SPEC_FILE, Experiment
+    from csrec.runner.plan import make_plan, to_json
+    from tests.conftest import quiet, write_smoke_spec
+
+    spec_path = write_smoke_spec(tmp_path, "exp", train={"max_epochs": 2, "layout": layout, "progress": False})
+    experiment = Experiment.open(spec_path, log=quiet)
+    experiment.initialise(spec_path)
+    (experiment.directory / "plan.json").write_text(to_json(make_plan(experiment.spec)))
+    recorded = experiment.directory / SPEC_FILE
+    recorded.write_text(recorded.read_text().replace(f"  layout: {layout}\n", ""))
+    lines: list[str] = []
+    resumed = Experiment.open(recorded, directory=experiment.directory, log=lines.append)
+    assert resumed.spec.train.layout == layout
+    said = [line for line in lines if "has no train.layout" in line]
+    assert len(said) == (layout == "sequence")  # the one that is not the recorded-spec rule is said

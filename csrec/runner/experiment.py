@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from csrec.config import ExperimentSpec, load_spec, spec_to_yaml
+from csrec.config import ExperimentSpec, load_spec, read_yaml, spec_to_yaml
 from csrec.datasets import check_unchanged
 from csrec.errors import CSRecError, FailedTrials
 from csrec.jobs import MODELS
@@ -86,7 +86,7 @@ class Experiment:
         # The experiment's own spec.yaml (a resume) is read as recorded: fields it lacks mean what they meant then.
         recorded = directory is not None and (str(location(spec_path).resolve())
                                               == str((location(directory) / SPEC_FILE).resolve()))
-        spec = load_spec(spec_path, recorded=recorded)
+        spec = read_recorded_spec(location(directory), log) if recorded else load_spec(spec_path)
         if directory is not None:
             spec = dataclasses.replace(spec, storage=str(location(directory).resolve()))
         directory = spec.directory
@@ -213,9 +213,37 @@ def _check_identity(directory: Path, spec: ExperimentSpec, log) -> None:
                      "give this spec its own storage directory, or resume that one")
 
 
+def read_recorded_spec(directory: Path, log=None) -> ExperimentSpec:
+    """The experiment's own spec.yaml, read as recorded (config.load_spec): a train section without
+    `layout` was written before the layouts existed and means the prefix layout. Unless plan.json
+    says otherwise: a spec.yaml put there by hand (a lost one replaced by the spec file, as
+    docs/RELIABILITY.md advises) means today's default, and then the planned keys are the sequence
+    layout's; the reading whose keys the plan holds is the one taken."""
+    path = directory / SPEC_FILE
+    legacy = load_spec(path, recorded=True)
+    train = (read_yaml(path) or {}).get("train") if path.is_file() else None
+    planned = read_json(directory / "plan.json") or {}
+    keys = {entry.get("key") for part in ("teachers", "trials") for entry in planned.get(part, [])
+            if isinstance(entry, dict)} if isinstance(planned, dict) else set()
+    if (isinstance(train, dict) and "layout" in train) or not keys or _planned_keys(legacy) & keys:
+        return legacy
+    current = load_spec(path)
+    if _planned_keys(current) & keys:
+        if log is not None:
+            log(f"{path} has no train.layout and the keys in plan.json are those of the {current.train.layout} layout "
+                "(today's default), not of the prefix layout of specs recorded before the layouts: read as such")
+        return current
+    return legacy
+
+
+def _planned_keys(spec: ExperimentSpec) -> set[str]:
+    plan = make_plan(spec)
+    return {job.key for job in plan.teachers} | {trial.job.key for trial in plan.trials}
+
+
 def _recorded_spec(directory: Path) -> ExperimentSpec | None:
     try:
-        return load_spec(directory / SPEC_FILE, recorded=True)
+        return read_recorded_spec(directory)
     except CSRecError:
         return None
 
