@@ -94,7 +94,9 @@ class Store:
             prefix = folder.path.strip("/") + "/"  # fsspec's file systems answer with a leading "/"
             names = [info.path.strip("/")[len(prefix):] for info in folder.fs.get_file_info(selector)]
             return sorted(name.split("/")[0] for name in names if name.count("/") == 1 and name.endswith("/" + META))
-        return sorted(p.name for p in folder.iterdir() if (p / META).is_file()) if folder.is_dir() else []
+        # A `.tmp-` staging folder of a writer killed before its rename may hold a meta.json: not an artifact.
+        return (sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / META).is_file())
+                if folder.is_dir() else [])
 
     def verify(self, kind: str, key: str) -> bool:
         """True when the artifact is complete and intact; a damaged one is removed (to be remade)."""

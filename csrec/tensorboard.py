@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import uuid
+import warnings
 from pathlib import Path
 
 from csrec.storage import RemotePath, cache_dir, location, upload
@@ -43,17 +45,26 @@ class EpochScalars:
         self.local = (cache_dir() / FOLDER / hashlib.sha256(str(folder).encode()).hexdigest()[:16] if self.remote
                       else Path(folder))
         self.local.mkdir(parents=True, exist_ok=True)
-        before = set(self.local.glob("events.out.tfevents.*"))
-        self.writer = SummaryWriter(logdir=str(self.local), flush_secs=30)  # opens its event file at once
-        self.files = sorted(set(self.local.glob("events.out.tfevents.*")) - before)  # this writer's, uploaded
+        # Its own suffix: tensorboardX names a file by the second and the host, so a retry in the same
+        # second would write into an earlier file and find no file of its own to upload.
+        suffix = f".{uuid.uuid4().hex[:8]}"
+        self.writer = SummaryWriter(logdir=str(self.local), flush_secs=30, filename_suffix=suffix)  # opens its file
+        self.files = sorted(self.local.glob(f"events.out.tfevents.*{suffix}"))  # this writer's, uploaded
+        self.upload_failed = False
 
     def __call__(self, record) -> None:
         for field, tag in TAGS.items():
             self.writer.add_scalar(tag, float(getattr(record, field)), global_step=record.epoch)
         self.writer.flush()  # a curve that moves while the job trains
         if self.remote is not None:  # this writer's file whole (a few kB): an object is replaced, never appended to
-            for events in self.files:
-                upload(events, self.remote / events.name)
+            try:
+                for events in self.files:
+                    upload(events, self.remote / events.name)
+            except OSError as error:  # curves are not results: a failed upload never ends the training
+                if not self.upload_failed:
+                    warnings.warn(f"tensorboard: could not upload the curves to {self.remote} ({error}); training goes "
+                                  "on, and the next epoch's upload tries again")
+                self.upload_failed = True
 
     def close(self) -> None:
         self.writer.close()

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +154,22 @@ def test_status_says_which_earlier_failures_a_resume_is_running_again(tmp_path, 
     (tmp_path / "progress.json").write_text(json.dumps({"stage": "search", "epochs": {
         "stage": "search", "total": 2, "finished": 0, "stopped": 0, "failed": 0, "running": running,
         "pending": 1, "eta_s": 5.0, "mean_epoch_s": 1.0}}))
+    # No driver holds it (killed): what progress.json says was running is history.
+    assert launch.main(["status", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  smoke/gru4rec/csrec-m beta=0.5: OSError: disk full" in lines
+    assert ("no driver runs now: the stage search stopped with 1 trial(s) running (`launch.py resume DIR` goes on "
+            "from their last epoch checkpoints)") in lines
+    assert not any("epoch 3 of 8" in line for line in lines)
+    # A driver (this process) holds it: the resumed trial is running again.
+    (tmp_path / "driver.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                       "started": time.time()}))
     assert launch.main(["status", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "failed trials (no record; `launch.py resume` tries them again): 2" in lines
     assert "  smoke/gru4rec/softrec beta=0.5: OSError: disk full" in lines  # not running: failed as it was
     assert "  smoke/gru4rec/csrec-m beta=0.5: OSError: disk full (running again now)" in lines
+    assert any("smoke/gru4rec/csrec-m beta=0.5: epoch 3 of 8" in line for line in lines)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, finished_smoke, capsys):

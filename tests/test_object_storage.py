@@ -228,6 +228,33 @@ def test_the_lease_lock_refuses_a_second_driver_and_takes_over_a_dead_one(s3, mo
         assert "is gone (its lease ended at" in lines[0] and "taking over" in lines[0]
 
 
+def test_curves_on_object_storage_each_writer_its_own_file_and_a_failed_upload_never_ends_training(tmp_path,
+                                                                                                   monkeypatch):
+    from types import SimpleNamespace
+
+    from csrec import tensorboard
+
+    monkeypatch.setenv("CSREC_CACHE", str(tmp_path))
+    folder = location("memory://csrec-test/curves/search/point")
+    record = SimpleNamespace(epoch=1, train_loss=2.0, valid_score=0.1, best_score=0.1, seconds=1.0)
+    first, retry = tensorboard.EpochScalars(folder), tensorboard.EpochScalars(folder)  # within one second
+    assert len(first.files) == len(retry.files) == 1 and first.files != retry.files
+    first(record)
+    retry(record)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in first.files + retry.files)
+
+    def unreachable(source, target):
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(tensorboard, "upload", unreachable)
+    with pytest.warns(UserWarning, match="could not upload the curves .* training goes on") as said:
+        first(SimpleNamespace(**(vars(record) | {"epoch": 2})))
+        first(SimpleNamespace(**(vars(record) | {"epoch": 3})))
+    assert len(said) == 1  # said once, not every epoch
+    first.close()
+    retry.close()
+
+
 def test_the_lease_survives_a_failed_read_and_a_failed_read_never_takes_over(tmp_path, monkeypatch):
     from csrec.runner import lock
 

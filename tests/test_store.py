@@ -1,6 +1,7 @@
 """The content-addressed store: atomic writes, checksums, damaged artifacts are remade, never loaded."""
 
 import json
+import shutil
 
 import pytest
 
@@ -48,6 +49,14 @@ def test_directory_without_meta_does_not_exist(tmp_path):
     assert store.keys("models") == []
     with pytest.warns(UserWarning, match="no meta.json"):
         assert not store.verify("models", "k2")
+
+
+def test_a_staging_folder_left_by_a_killed_writer_is_no_artifact(tmp_path):
+    store = Store(tmp_path)
+    store.write("models", "k", {"a": 1}, lambda d: (d / "w.bin").write_bytes(b"x"))
+    # killed after writing meta.json into its staging folder, before the rename
+    shutil.copytree(store.path("models", "k"), tmp_path / "models" / ".tmp-j-1234abcd")
+    assert store.keys("models") == ["k"]
 
 
 def test_failed_fill_leaves_nothing(tmp_path):

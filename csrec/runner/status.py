@@ -47,21 +47,27 @@ def status(directory: str | Path) -> str:
     driver = holder(directory)
     if driver is not None:
         lines.append(f"driver holding the experiment: {driver}")
+    # What the driver last wrote of running trials is news only while a driver runs: after a kill it is history.
+    live = driver is not None and not driver.startswith("none:")
+    epochs = progress.get("epochs") if isinstance(progress.get("epochs"), dict) else None
     failed = read_json(directory / FAILED_FILE, lines.append, "failures of earlier runs are not known") or {}
     failed = {k: v for k, v in failed.items() if k not in trials}
     if failed:
         # A resume's driver trains them again: say which of them run now, so no running trial reads as failed.
-        epochs = progress.get("epochs") if isinstance(progress.get("epochs"), dict) else {}
-        running = set(epochs.get("running", {}))
+        running = set(epochs.get("running", {})) if epochs and live else set()
         lines.append(f"failed trials (no record; `launch.py resume` tries them again): {len(failed)}")
         lines += [f"  {entry.get('label', key)}: {entry.get('error', '?')}"
                   + (" (running again now)" if entry.get("label") in running else "") for key, entry in failed.items()]
     if str(progress.get("stage", "")).startswith("tpe ") and "tpe_target" in progress:
         lines.append(f"TPE search of this cell: {progress['tpe_evaluated']} of {progress['tpe_target']} distinct "
                      f"points evaluated, {progress.get('tpe_failed', 0)} failed")
-    if isinstance(progress.get("epochs"), dict):
-        lines += status_lines(progress["epochs"])
-    if progress.get("trials_running") is not None:
+    if epochs and live:
+        lines += status_lines(epochs)
+    elif epochs and epochs.get("running"):
+        lines.append(f"no driver runs now: the stage {epochs.get('stage', '?')} stopped with "
+                     f"{len(epochs.get('running', {}))} trial(s) running (`launch.py resume DIR` goes on from their "
+                     "last epoch checkpoints)")
+    if live and progress.get("trials_running") is not None:
         lines.append(f"trials now: {progress.get('trials_running')} running, {progress.get('trials_failed', 0)} failed")
     for method, score in sorted(best_valid_by_method(store).items()):
         lines.append(f"best valid {SELECTION_METRIC} so far, {method}: {score:.4f}")
