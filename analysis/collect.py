@@ -137,7 +137,8 @@ class Collection:
             lines += [f"  {row.dataset}/{row.model}/{row.method} {row.config} seed={row.seed}: after epoch "
                       f"{int(row.stopped_epochs)} of {self.scheduler.get('max_epochs', '?')}"
                       for row in self.stopped.itertuples(index=False)]
-        lines.append(f"cells selected without some of their planned runs (marked ‡ in the tables): {len(self.incomplete)}")
+        lines.append(f"cells missing some of their planned runs (marked ‡ in the tables where they have a number, "
+                     f"— where none finished): {len(self.incomplete)}")
         lines += [f"  {'/'.join(cell)}: {why}" for cell, reasons in self.incomplete.items() for why in reasons]
         return "\n".join(lines)
 

@@ -94,8 +94,8 @@ def length_bins(lengths, bins: int | Sequence[int] = 4) -> tuple[np.ndarray, lis
 class _Runs:
     """The per_user frames of the runs behind selected cells, read once each."""
 
-    def __init__(self, collection: Collection):
-        self.collection, self.frames = collection, {}
+    def __init__(self, collection: Collection, ties: str = "expected"):
+        self.collection, self.frames, self.ties = collection, {}, ties
 
     def frames_of(self, sel: Selected) -> list[pd.DataFrame]:
         for key in sel.keys:
@@ -105,11 +105,12 @@ class _Runs:
 
     def metric(self, sel: Selected, metric: str) -> pd.Series:
         """Per-user test `metric` averaged over the cell's runs, indexed by sequence."""
-        return mean_over_runs([per_user_metric(frame, metric) for frame in self.frames_of(sel)])
+        return mean_over_runs([per_user_metric(frame, metric, ties=self.ties) for frame in self.frames_of(sel)])
 
 
-def _chosen(collection: Collection, selection_metric: str, cells) -> dict[tuple, Selected]:
-    chosen = select(collection, selection_metric)
+def _chosen(collection: Collection, selection_metric: str, cells, exclude_search_run: bool = False
+            ) -> dict[tuple, Selected]:
+    chosen = select(collection, selection_metric, exclude_search_run)
     wanted = None if cells is None else {tuple(c) for c in cells}
     return {c: s for c, s in chosen.items() if s.keys and (wanted is None or c in wanted)}
 
@@ -134,14 +135,16 @@ GROUP_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "group", "met
 
 
 def group_metrics(collection: Collection, metrics: Sequence[str] = METRICS, share: float = POPULAR_SHARE,
-                  selection_metric: str = "ndcg@10", cells=None) -> pd.DataFrame:
+                  selection_metric: str = "ndcg@10", cells=None, ties: str = "expected",
+                  exclude_search_run: bool = False) -> pd.DataFrame:
     """Test `metrics` of popular- and niche-type users (and of "all") per selected cell (Fig. 1, 3).
 
     The items come from datasets/<name>.json (training counts); `cells` limits the (dataset, model,
     method) cells (default: every selected cell). value is a fraction; NaN for an empty group.
+    ties and exclude_search_run: as Table 2's numbers (analysis.tables.build_table).
     """
-    runs, rows, popular = _Runs(collection), [], {}
-    for cell, sel in _chosen(collection, selection_metric, cells).items():
+    runs, rows, popular = _Runs(collection, ties), [], {}
+    for cell, sel in _chosen(collection, selection_metric, cells, exclude_search_run).items():
         if cell[0] not in popular:
             popular[cell[0]] = popular_items(collection.dataset_info(cell[0])["item_train_counts"], share)
         groups = user_groups(runs.frames_of(sel)[0], popular[cell[0]])
@@ -156,14 +159,16 @@ LENGTH_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "bin", "bin_
 
 
 def by_input_length(collection: Collection, bins: int | Sequence[int] = 4, metrics: Sequence[str] = METRICS,
-                    selection_metric: str = "ndcg@10", cells=None) -> pd.DataFrame:
+                    selection_metric: str = "ndcg@10", cells=None, ties: str = "expected",
+                    exclude_search_run: bool = False) -> pd.DataFrame:
     """Test `metrics` per input-length bin per selected cell (Fig. 4a); see `length_bins`.
 
     The bins of a data set are cut once, on the test users of its first selected run, so every
     method of the data set is measured on the same bins (input lengths are a property of the data).
+    ties and exclude_search_run: as Table 2's numbers (analysis.tables.build_table).
     """
-    runs, rows, binned = _Runs(collection), [], {}
-    for cell, sel in _chosen(collection, selection_metric, cells).items():
+    runs, rows, binned = _Runs(collection, ties), [], {}
+    for cell, sel in _chosen(collection, selection_metric, cells, exclude_search_run).items():
         test = runs.frames_of(sel)[0].query("split == 'test'")
         if cell[0] not in binned:
             index, labels = length_bins(test["input_length"].to_numpy(), bins)

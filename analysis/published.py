@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.tables import (DATASET_NAMES, INCOMPLETE, METHOD_NAMES, MODEL_NAMES, STOPPED, ComparisonTable,
-                             metric_name)
+from analysis.tables import (DATASET_NAMES, INCOMPLETE, INCOMPLETE_MEANING, METHOD_NAMES, MODEL_NAMES, STOPPED,
+                             STOPPED_MEANING, ComparisonTable, metric_name)
+from csrec.metrics import TIE_RULES
 
 SOURCE = "Table 2 of CSRec (Xiao et al., arXiv 2311.02446)"
 _MODELS = ("gru4rec", "nextitnet", "narm", "sasrec")
@@ -83,10 +84,12 @@ def to_published(table: ComparisonTable) -> str:
             f"number per cell, not computed here; ours − paper: the difference of the two printed numbers, in "
             f"percentage points; no significance is claimed (the comparison table tests methods on the same users); "
             f"only cells with both numbers are listed ({compared}); —: none")
+    note += f"; ranks: {TIE_RULES[table.ties]}"
+    if table.left_out:
+        note += f"; the search run that won the selection (seed {', '.join(map(str, table.left_out))}) left out"
     if INCOMPLETE in shown_marks:
-        note += (f"; {INCOMPLETE}: selected without some of the cell's planned runs (failed, damaged or not finished): "
-                 "the full grid may select another configuration")
+        note += f"; {INCOMPLETE}: " + INCOMPLETE_MEANING.format(where="")
     if STOPPED in shown_marks:
-        note += f"; {STOPPED}: the number averages a search run stopped early (its best epoch before the stop)"
+        note += f"; {STOPPED}: {STOPPED_MEANING}"
     note += "."
     return "\n".join(lines + ["", note]) + "\n"

@@ -24,7 +24,7 @@ import pandas as pd
 from analysis.collect import Collection, collect, read_json, select
 from analysis.groups import POPULAR_SHARE, by_input_length, group_metrics, popular_items, setting_study
 from analysis.plots import SETTING_NAMES, plot_by_length, plot_groups, plot_noise_term, plot_setting
-from analysis.significance import comparisons
+from analysis.significance import IMPROVEMENT_LEVELS, WORSE_LEVEL, comparisons, per_user_metric
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, comparison_table, metric_name
 from csrec.errors import CSRecError
 
@@ -35,7 +35,8 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
     """Write the report of `experiment_dir` to `out` (default <dir>/report.md; for an experiment on
     object storage ./report-<name>/report.md on this machine) and report.html beside it.
 
-    ties and exclude_search_run apply to the tables and the tests (analysis.tables.comparison_table)."""
+    ties and exclude_search_run apply to every number of the report, as to Table 2's
+    (analysis.tables.comparison_table); the selection on validation is the runs' own."""
     collection = collect(experiment_dir)
     directory = collection.directory
     if out is None:
@@ -50,17 +51,17 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
              "## Table 2: test metrics", _section(lambda: comparison_table(directory, "md", **options)),
              "### Per-user and seed-aware tests against SoftRec", SIGNIFICANCE_NOTE,
              _section(lambda: _significance(collection, **options)),
-             "### Selected configurations", _section(lambda: _selected(collection)),
-             "### Runs of the selected configurations", _section(lambda: _runs(collection, exclude_search_run))]
+             "### Selected configurations", _section(lambda: _selected(collection, exclude_search_run)),
+             "### Runs of the selected configurations", _section(lambda: _runs(collection, **options))]
     if collection.results["metric"].str.contains("+", regex=False).any():
         parts += ["## Table 3: positive preferences (targets rated >= 4, Eq. 16)",
                   _section(lambda: comparison_table(directory, "md", metrics=("recall+@10", "ndcg+@10"), **options))]
     parts += ["## Popular- and niche-type users (Fig. 1, 3)",
               f"The top {share:.0%} of the items by training frequency are popular, the others niche (ties go "
               "to the smaller item id); a user is popular- or niche-type by its test target.",
-              _section(lambda: _groups(collection, figures, out.parent, share)),
+              _section(lambda: _groups(collection, figures, out.parent, share, options)),
               "## Performance by input length (Fig. 4a)",
-              _section(lambda: _lengths(collection, figures, out.parent, length_bins)),
+              _section(lambda: _lengths(collection, figures, out.parent, length_bins, options)),
               "## Plan", _section(lambda: _plan(directory)),
               "## Spec as launched", _section(lambda: _code(directory / "spec.yaml", "yaml"))]
     return _write(out, "\n\n".join(parts) + "\n", html_too)
@@ -128,9 +129,9 @@ def _spec_name(directory: Path) -> str:
         return directory.name
 
 
-def _selected(collection: Collection) -> str:
+def _selected(collection: Collection, exclude_search_run: bool = False) -> str:
     """Per cell: the configuration chosen on validation NDCG@10 and the runs its numbers come from."""
-    chosen = select(collection)
+    chosen = select(collection, exclude_search_run=exclude_search_run)
     if not chosen:
         raise CSRecError("no finished search trial yet, so no configuration is selected")
     rows = [{"dataset": c[0], "model": c[1], "method": METHOD_NAMES.get(c[2], c[2]), "config": s.config,
@@ -172,30 +173,38 @@ def _significance(collection: Collection, ties: str = "expected", exclude_search
 
 
 def _p(p_value: float) -> str | None:
-    """Two significant digits (0.018, 0.00031), None (a dash) where no test was made."""
-    return None if pd.isna(p_value) else f"{p_value:.2g}"
+    """Two significant digits (0.018, 0.00031), more where two would round across a level the
+    tables mark (0.0496 is not printed 0.05 beside a ** for p < 0.05); None (a dash) where no test was made."""
+    if pd.isna(p_value):
+        return None
+    levels = [level for _, level in IMPROVEMENT_LEVELS] + [WORSE_LEVEL]
+    for digits in range(2, 8):
+        text = f"{p_value:.{digits}g}"
+        if all((float(text) < level) == (p_value < level) for level in levels):
+            return text
+    return repr(float(p_value))
 
 
 def _interval(low: float, high: float) -> str | None:
     return None if pd.isna(low) else f"{low * 100:.3f} to {high * 100:.3f}"
 
 
-def _runs(collection: Collection, exclude_search_run: bool = False) -> str:
-    """Per selected cell, each run its Table 2 numbers average: seed, best epoch, valid and test metrics."""
+def _runs(collection: Collection, ties: str = "expected", exclude_search_run: bool = False) -> str:
+    """Per selected cell, each run its Table 2 numbers average: seed, best epoch, the validation score
+    it was selected on, and its test metrics under the tie rule of Table 2's numbers."""
     chosen = select(collection, exclude_search_run=exclude_search_run)
     if not chosen:
         raise CSRecError("no finished search trial yet, so no configuration is selected")
     value = collection.results.set_index(["key", "split", "metric"])["value"]
     trials = collection.trials.set_index("key")
 
-    def percent(key: str, split: str, metric: str) -> float:
-        return value.get((key, split, metric), float("nan")) * 100
+    def test(key: str, metric: str) -> float:  # as analysis.collect.cell_numbers computes each run's number
+        return per_user_metric(collection.per_user(key), metric, ties=ties).mean() * 100
 
     rows = [{"dataset": c[0], "model": c[1], "method": METHOD_NAMES.get(c[2], c[2]), "config": s.config,
              "seed": trials.at[key, "seed"], "best epoch": trials.at[key, "best_epoch"],
-             "valid NDCG@10 (%)": percent(key, "valid", "ndcg@10"),
-             "test Recall@10 (%)": percent(key, "test", "recall@10"),
-             "test NDCG@10 (%)": percent(key, "test", "ndcg@10")}
+             "valid NDCG@10 (%)": value.get((key, "valid", "ndcg@10"), float("nan")) * 100,
+             "test Recall@10 (%)": test(key, "recall@10"), "test NDCG@10 (%)": test(key, "ndcg@10")}
             | ({"stopped early": _stopped(trials.at[key, "stopped_epochs"])} if collection.early_stopping else {})
             for c, s in sorted(chosen.items(), key=lambda item: _cell_order(item[0])) for key in s.keys]
     return _markdown_table(pd.DataFrame(rows))
@@ -243,14 +252,14 @@ def _per_cell(frame: pd.DataFrame, make: Callable[[pd.DataFrame, str, str], str]
     return "\n\n".join(parts)
 
 
-def _groups(collection: Collection, figures: Path, base: Path, share: float) -> str:
+def _groups(collection: Collection, figures: Path, base: Path, share: float, options: dict) -> str:
     """Per data set (its own item split), per model: the Fig. 3 bars and their numbers."""
     parts = []
     for dataset in dict.fromkeys(cell[0] for cell in collection.expected_cells):
         cells = [c for c in collection.expected_cells if c[0] == dataset]
         try:
             counts = collection.dataset_info(dataset)["item_train_counts"]
-            frame = group_metrics(collection, share=share, cells=cells)
+            frame = group_metrics(collection, share=share, cells=cells, **options)
             if frame.empty:
                 raise CSRecError("no finished trial with a selected configuration yet")
         except CSRecError as error:
@@ -274,8 +283,8 @@ def _groups_cell(rows: pd.DataFrame, dataset: str, model: str, note: str, figure
     return "\n\n".join([image, f"{note}; test users: {users}; numbers in %.", _markdown_table(table)])
 
 
-def _lengths(collection: Collection, figures: Path, base: Path, bins) -> str:
-    frame = by_input_length(collection, bins=bins)
+def _lengths(collection: Collection, figures: Path, base: Path, bins, options: dict) -> str:
+    frame = by_input_length(collection, bins=bins, **options)
 
     def one(rows: pd.DataFrame, dataset: str, model: str) -> str:
         path = figures / f"length_{_slug(dataset)}_{_slug(model)}.png"

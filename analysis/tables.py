@@ -9,7 +9,8 @@ every one of those is a claim about the numbers above it. The best number of eac
 data set is bold. Table 3 is the same with the filtered metrics
 recall+@10 / ndcg+@10 (paper Eq. 16) and only the data sets with ratings. A partial experiment gives
 the same table with its missing cells marked (Markdown "—", LaTeX "---", CSV "n/a"), and a cell
-selected without some of its planned runs (a failed or damaged trial: analysis.collect) marked ‡.
+missing some of its planned runs (a failed or damaged trial: analysis.collect) marked ‡, and a
+number not tested against the reference (no reference number, too few values) marked °.
 When the search stopped points early (`scheduler: asha`), the legend says so with its settings and
 how many search runs were stopped, and a number that averages a stopped run is marked §.
 """
@@ -121,8 +122,12 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     table["stopped"] = [(r.dataset, r.model, r.method) in stopped_cells for r in table.itertuples()]
     table["marker"] = table["marker"].astype(object).fillna("")
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
-    column_best = shown.groupby([table["dataset"], table["model"], table["metric"]]).transform("max")
-    table["best"] = shown.notna() & (shown == column_best)
+    column = shown.groupby([table["dataset"], table["model"], table["metric"]])
+    # A lone number is no "best": bold needs another number in its column to be better than.
+    table["best"] = shown.notna() & (shown == column.transform("max")) & (column.transform("count") >= 2)
+    # Not tested: a number of a method other than the reference without a p-value (no reference
+    # number in its column, too few paired values or seeds): its missing mark is no "no difference".
+    table["tested"] = table["p_adjusted"].notna()
     reported = [key for sel in chosen.values() for key in sel.keys]
     left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
     without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
@@ -182,17 +187,30 @@ def _caption(table: ComparisonTable) -> str:
 
 
 INCOMPLETE = "‡"  # a cell selected without some of its planned runs (failed, damaged or not finished)
+NOT_TESTED = "°"  # a number that was not tested against the reference (so no mark says nothing)
+INCOMPLETE_MEANING = ("some of the cell's planned runs are missing (failed, damaged or not finished{where}): a missing "
+                      "search point may change the selected configuration, a missing seed rerun is left out of the mean")
+STOPPED_MEANING = "the number averages a search run stopped early (its best epoch before the stop, not the full budget)"
 STOPPED = "§"  # a number averaging a run that the scheduler stopped early
 
 
-def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "<") -> str:
+def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool = False) -> str:
     """The legend: markers, test, correction, runs behind the numbers, tie rule, bold, missing."""
+    less, ge = (r"$<$", r"$\geq$") if latex else ("<", "≥")
+    code = (lambda text: rf"\texttt{{{_latex(text)}}}") if latex else (lambda text: f"`{text}`")
     versus = METHOD_NAMES.get(table.versus, table.versus)
     better = ", ".join(f"{mark(m)} p {less} {level}" for m, level in IMPROVEMENT_LEVELS)
     test = _TEST_NAMES[table.test].format(n_resamples=table.n_resamples, seed=table.seed)
-    few = " (or too few seeds for the test)" if table.test in MIN_SEEDS else ""
+    test = test.replace(">=", ge) if latex else test
+    behind = ("tested on the seeds each number shares with {versus}'s (paired by seed number), which may be fewer "
+              "than the runs behind the number" if table.test == "seed-ttest" else "tested on the runs behind each number")
     parts = [f"{better}: significantly better than {versus}; {mark(WORSE)} p {less} {WORSE_LEVEL}: significantly "
-             f"worse; no mark: no significant difference{few}; test: {test}; tested on the runs behind each number"]
+             f"worse; no mark: tested, neither significantly better (p {ge} {IMPROVEMENT_LEVELS[-1][1]}) nor "
+             f"significantly worse (p {ge} {WORSE_LEVEL}); {versus}'s own row is the reference; test: {test}; "
+             + behind.format(versus=versus)]
+    if (table.cells["n_runs"].gt(0) & ~table.cells["tested"] & (table.cells["method"] != table.versus)).any():
+        few = "seeds" if table.test in MIN_SEEDS else "paired values"
+        parts.append(f"{mark(NOT_TESTED)}: not tested (no {versus} number in its column, or too few {few})")
     if table.correction == "holm":
         parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
     parts.append(_runs_note(table, dagger))
@@ -201,16 +219,14 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, less: str = "
     if old:
         parts.append(f"{old} of the {reported} runs were evaluated before ties were recorded: their ties count in the "
                      "target's favour")
-    parts.append("bold: best per column within a data set")
+    parts.append("bold: best per column within a data set, where the column has two or more numbers")
     if (table.cells["incomplete"] & (table.cells["n_runs"] > 0)).any():
-        parts.append(f"{mark(INCOMPLETE)}: selected without some of the cell's planned runs (failed, damaged or not "
-                     "finished; `launch.py status DIR` and the report name them): the full grid may select another "
-                     "configuration")
+        where = f"; {code('launch.py status DIR')} and the report name them"
+        parts.append(f"{mark(INCOMPLETE)}: " + INCOMPLETE_MEANING.format(where=where))
     if table.early_stopping:
         parts.append(table.early_stopping)
     if (table.cells["stopped"] & (table.cells["n_runs"] > 0)).any():
-        parts.append(f"{mark(STOPPED)}: the number averages a search run stopped early (its best epoch before the stop, "
-                     "not the full budget)")
+        parts.append(f"{mark(STOPPED)}: {STOPPED_MEANING}")
     parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
 
@@ -249,8 +265,9 @@ def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str)
             continue
         number = f"{row.mean * 100:.3f}"
         number = bold(number) if row.best else number
-        suffix = (row.marker + (dagger if mixed and row.source == "search" else "") + (INCOMPLETE if row.incomplete else "")
-                  + (STOPPED if row.stopped else ""))
+        untested = NOT_TESTED if row.method != table.versus and not row.tested else ""
+        suffix = (row.marker + untested + (dagger if mixed and row.source == "search" else "")
+                  + (INCOMPLETE if row.incomplete else "") + (STOPPED if row.stopped else ""))
         texts[key] = number + (mark(suffix) if suffix else "")
     return texts
 
@@ -271,7 +288,8 @@ def to_markdown(table: ComparisonTable) -> str:
 
 
 def _latex_mark(text: str) -> str:
-    return "$^{" + text.replace(WORSE, r"\downarrow").replace(INCOMPLETE, r"\ddagger").replace(STOPPED, r"\S") + "}$"
+    return "$^{" + (text.replace(WORSE, r"\downarrow").replace(INCOMPLETE, r"\ddagger").replace(STOPPED, r"\S")
+                    .replace(NOT_TESTED, r"\circ")) + "}$"
 
 
 def to_latex(table: ComparisonTable) -> str:
@@ -289,7 +307,7 @@ def to_latex(table: ComparisonTable) -> str:
             row = [_latex(DATASET_NAMES.get(dataset, dataset)) if i == 0 else "", _latex(METHOD_NAMES.get(method, method))]
             row += [texts[(dataset, method, m, x)] for m in table.models for x in table.metrics]
             lines.append(" & ".join(row) + r" \\")
-    note = _note(table, _latex_mark, r"$^\dagger$", "---", less="$<$")
+    note = _note(table, _latex_mark, r"$^\dagger$", "---", latex=True)
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", rf"{{\footnotesize {note}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

@@ -102,7 +102,7 @@ def test_a_failed_point_exits_3_names_it_and_marks_its_cell_until_a_resume_runs_
     (line,) = err.strip().splitlines()
     assert line.startswith("error: 1 trial(s) failed: smoke/gru4rec/csrec-m beta=") and "RuntimeError: injected" in line
     assert "--allow-failed" in line
-    assert "‡" in row_of(out, "CSRec-M") and "‡: selected without some of the cell's planned runs" in out
+    assert "‡" in row_of(out, "CSRec-M") and "‡: some of the cell's planned runs are missing" in out
     assert "‡" not in row_of(out, "SoftRec")
     failed = json.loads((directory / "failed.json").read_text())
     assert list(failed) == [winner] and failed[winner]["error"] == "RuntimeError: injected failure"
