@@ -1,6 +1,6 @@
 """Our numbers beside the paper's: `launch.py table DIR --format published`.
 
-The published Table 2 of CSRec (Xiao et al., arXiv 2311.02446: test Recall@10 and NDCG@10 in %, one
+The published Table 2 of CSRec (Wu et al., arXiv 2311.02446: test Recall@10 and NDCG@10 in %, one
 number per cell, no spread) is kept here as printed. The view lists, for every cell that has both,
 our number exactly as the comparison table shows it (selected on validation, the mean over the runs
 behind it), the sample standard deviation over those runs, their count, the paper's number and the
@@ -16,7 +16,7 @@ from analysis.tables import (DATASET_NAMES, INCOMPLETE, INCOMPLETE_MEANING, METH
                              STOPPED_MEANING, ComparisonTable, metric_name)
 from csrec.metrics import TIE_RULES
 
-SOURCE = "Table 2 of CSRec (Xiao et al., arXiv 2311.02446)"
+SOURCE = "Table 2 of CSRec (Wu et al., arXiv 2311.02446)"
 _MODELS = ("gru4rec", "nextitnet", "narm", "sasrec")
 _METHODS = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t")
 # dataset -> method -> (Recall@10, NDCG@10) per model in _MODELS order, in %, as printed in the paper.
