@@ -127,7 +127,7 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     table["best"] = shown.notna() & (shown == column.transform("max")) & (column.transform("count") >= 2)
     # Not tested: a number of a method other than the reference without a p-value (no reference
     # number in its column, too few paired values or seeds): its missing mark is no "no difference".
-    table["tested"] = table["p_adjusted"].notna()
+    table["untested"] = (table["n_runs"] > 0) & table["p_adjusted"].isna() & (table["method"] != versus)
     reported = [key for sel in chosen.values() for key in sel.keys]
     left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
     without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
@@ -208,7 +208,7 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
              f"worse; no mark: tested, neither significantly better (p {ge} {IMPROVEMENT_LEVELS[-1][1]}) nor "
              f"significantly worse (p {ge} {WORSE_LEVEL}); {versus}'s own row is the reference; test: {test}; "
              + behind.format(versus=versus)]
-    if (table.cells["n_runs"].gt(0) & ~table.cells["tested"] & (table.cells["method"] != table.versus)).any():
+    if table.cells["untested"].any():
         few = "seeds" if table.test in MIN_SEEDS else "paired values"
         parts.append(f"{mark(NOT_TESTED)}: not tested (no {versus} number in its column, or too few {few})")
     if table.correction == "holm":
@@ -265,8 +265,7 @@ def _format_cells(table: ComparisonTable, bold, mark, dagger: str, missing: str)
             continue
         number = f"{row.mean * 100:.3f}"
         number = bold(number) if row.best else number
-        untested = NOT_TESTED if row.method != table.versus and not row.tested else ""
-        suffix = (row.marker + untested + (dagger if mixed and row.source == "search" else "")
+        suffix = (row.marker + (NOT_TESTED if row.untested else "") + (dagger if mixed and row.source == "search" else "")
                   + (INCOMPLETE if row.incomplete else "") + (STOPPED if row.stopped else ""))
         texts[key] = number + (mark(suffix) if suffix else "")
     return texts

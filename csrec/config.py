@@ -103,8 +103,8 @@ ELECREC_DEFAULTS = {"sample_ratio": 0.7, "prob_power": 1.0, "gen_loss_weight": 1
 # map 1.0, sp 0.5, mask_ratio 0.2; csrec.s3rec).
 S3REC_DEFAULTS = {"aap_weight": 0.2, "mip_weight": 1.0, "map_weight": 1.0, "sp_weight": 0.5, "mask_ratio": 0.2}
 UNIT_PARAMS = ("alpha", "beta", "sample_ratio", "mask_ratio")  # grid parameters that lie in [0, 1]
-WEIGHT_PARAMS = ("prob_power", "gen_loss_weight", "dis_loss_weight",  # grid parameters that are >= 0
-                 "aap_weight", "mip_weight", "map_weight", "sp_weight")
+# ELECRec's and S3Rec's other parameters are weights (and a power): >= 0.
+WEIGHT_PARAMS = tuple(name for name in {**ELECREC_DEFAULTS, **S3REC_DEFAULTS} if name not in UNIT_PARAMS)
 
 
 def _default(defaults: dict, name: str) -> Any:

@@ -54,8 +54,8 @@ GRID_PARAMS = {
     "csrec-m": ("beta", "temperature"),
     "csrec-d": ("beta", "temperature"),
     "csrec-t": ("alpha", "beta", "temperature"),
-    "elecrec": ("sample_ratio", "prob_power", "gen_loss_weight", "dis_loss_weight"),
-    "s3rec": ("aap_weight", "mip_weight", "map_weight", "sp_weight", "mask_ratio"),
+    "elecrec": tuple(ELECREC_DEFAULTS),  # each has a default: the authors'
+    "s3rec": tuple(S3REC_DEFAULTS),
 }
 
 # Methods defined over the SASRec backbone only: a spec's other models get no cell of them.

@@ -9,8 +9,9 @@ training loss, validation NDCG@10 (that epoch's and the best so far) and the epo
 
 A job resumed from its epoch checkpoint writes a new event file in the same folder, its steps going
 on from the checkpoint's epoch. On object storage the event file is written on the node (under
-csrec.storage.cache_dir) and uploaded whole after every epoch, so the bucket's copy moves too. tensorboardX writes the files (torch.utils.tensorboard would need
-the tensorboard package); `read_scalars` reads them back without TensorBoard.
+csrec.storage.cache_dir) and uploaded whole after every epoch, so the bucket's copy moves too.
+tensorboardX writes the files (torch.utils.tensorboard would need the tensorboard package);
+`read_scalars` reads them back without TensorBoard.
 """
 
 from __future__ import annotations

@@ -50,19 +50,21 @@ class EpochProgress:
     def mean_epoch_seconds(self) -> float | None:
         return self.epoch_seconds / self.epochs_measured if self.epochs_measured else None
 
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.finished - self.failed - self.stopped - len(self.running))
+
     def eta_seconds(self) -> float | None:
         mean = self.mean_epoch_seconds()
         if mean is None:
             return None
-        pending = max(0, self.total - self.finished - self.failed - self.stopped - len(self.running))
-        left = sum(self.max_epochs - r["epoch"] for r in self.running.values()) + pending * self.max_epochs
-        return left * mean / max(1, min(self.lanes, len(self.running) + pending))
+        left = sum(self.max_epochs - r["epoch"] for r in self.running.values()) + self.pending * self.max_epochs
+        return left * mean / max(1, min(self.lanes, len(self.running) + self.pending))
 
     def snapshot(self) -> dict:
-        done = self.finished + self.failed + self.stopped
         return {"stage": self.stage, "total": self.total, "finished": self.finished, "stopped": self.stopped,
-                "failed": self.failed, "running": dict(self.running),
-                "pending": max(0, self.total - done - len(self.running)), "eta_s": self.eta_seconds(),
+                "failed": self.failed, "running": dict(self.running), "pending": self.pending,
+                "eta_s": self.eta_seconds(),
                 "mean_epoch_s": self.mean_epoch_seconds()}
 
     def update(self, force: bool = False) -> None:

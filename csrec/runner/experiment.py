@@ -220,12 +220,12 @@ def read_recorded_spec(directory: Path, log=None) -> ExperimentSpec:
     docs/RELIABILITY.md advises) means today's default, and then the planned keys are the sequence
     layout's; the reading whose keys the plan holds is the one taken."""
     path = directory / SPEC_FILE
-    legacy = load_spec(path, recorded=True)
-    train = (read_yaml(path) or {}).get("train") if path.is_file() else None
+    legacy = load_spec(path, recorded=True)  # a mapping with a train mapping, or it raised
+    train = read_yaml(path).get("train")
     planned = read_json(directory / "plan.json") or {}
     keys = {entry.get("key") for part in ("teachers", "trials") for entry in planned.get(part, [])
             if isinstance(entry, dict)} if isinstance(planned, dict) else set()
-    if (isinstance(train, dict) and "layout" in train) or not keys or _planned_keys(legacy) & keys:
+    if "layout" in (train or {}) or not keys or _planned_keys(legacy) & keys:
         return legacy
     current = load_spec(path)
     if _planned_keys(current) & keys:

@@ -145,7 +145,6 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     import torch
 
     began_at = time.time()
-
     torch.set_num_threads(num_threads)
     trial = trials[config["point"]]
     store = Store(store_root)

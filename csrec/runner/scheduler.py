@@ -56,8 +56,7 @@ class CellASHA(FIFOScheduler):
     def _cell(self, tune_trial) -> AsyncHyperBandScheduler:
         cell = self.trials[tune_trial.config["point"]].cell
         if cell not in self.cells:
-            # stop_last_trials=False: a point that reaches max_epochs ends by itself, storing its model;
-            # a STOP there would end it before that.
+            # stop_last_trials=False: a point that passed the last rung is not compared again.
             asha = AsyncHyperBandScheduler(time_attr=EPOCH, metric=BEST_METRIC, mode="max", max_t=self.max_epochs,
                                            grace_period=self.settings.grace_epochs,
                                            reduction_factor=self.settings.reduction_factor, stop_last_trials=False)
