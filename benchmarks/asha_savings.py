@@ -21,14 +21,19 @@ import yaml
 
 from analysis import collect
 from analysis.collect import select
+from csrec.jobs import MODELS
+from csrec.store import Store
 
 
 def reused_keys(directory: Path) -> set[str]:
+    # From the raw spec.yaml, not load_spec: this reads finished experiments whose data paths may
+    # be gone (load_spec checks every file); a reuse folder is an experiment or a store, as in
+    # csrec.runner.experiment.reuse_stores.
     spec = yaml.safe_load((directory / "spec.yaml").read_text())  # resolved: absolute reuse paths
     keys = set()
     for folder in map(Path, spec.get("reuse") or []):
         root = folder / "store" if (folder / "store" / "models").is_dir() else folder
-        keys |= {p.name for p in (root / "models").glob("*") if (p / "meta.json").is_file()}
+        keys |= set(Store(root).keys(MODELS))
     return keys
 
 
@@ -44,7 +49,8 @@ def epochs_trained(directory: Path, key: str, record: dict | None, reused: set[s
     checkpoint = directory / "store" / "work" / key / "last.pt"
     decision = directory / "store" / "work" / key / "stopped.json"
     if decision.is_file():  # decided; its record is written when the stage ends
-        return int(json.loads(decision.read_text())["epoch"]), f"stopped at {json.loads(decision.read_text())['epoch']}"
+        epoch = int(json.loads(decision.read_text())["epoch"])
+        return epoch, f"stopped at {epoch}"
     if checkpoint.is_file():
         return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]["epoch"]), "unfinished"
     return 0, "not started"
