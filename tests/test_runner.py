@@ -447,8 +447,17 @@ def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
     assert progress(directory)["stage"] == "search"
 
 
-def test_ray_run_killed_during_the_trials_then_resumed(tmp_path, local_smoke):
-    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1])
+def test_ray_run_killed_during_the_trials_then_resumed(tmp_path):
+    # 40 epochs, so the search trial is still training when the kill lands (at its first report):
+    # with the smoke spec's 2 it could finish first, leaving nothing to resume from a checkpoint.
+    # The uninterrupted reference runs the same settings on the local backend.
+    changes = {"methods": ["base", "softrec"], "seeds": [0, 1],
+               "train": {"max_epochs": 40, "patience": 40, "batch_size": 64, "progress": False,
+                         "num_threads": 1}}
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run_experiment(write_spec(reference, "exp", **changes), local=True, table=False, log=quiet)
+    spec = write_spec(tmp_path, "exp", **changes)
     directory = tmp_path / "exp"
     search = directory / "tune" / "search"
 
@@ -473,7 +482,7 @@ def test_ray_run_killed_during_the_trials_then_resumed(tmp_path, local_smoke):
     (trial_log,) = search.glob("*/result.json")  # the new Tuner's only trial: it went on from its checkpoint
     rows = [json.loads(line) for line in trial_log.read_text().splitlines()]
     assert rows[-1]["done"] and all(r["epoch"] > 1 for r in rows if not r["done"])  # epoch 1 not redone
-    assert_resumed(spec, before, local_smoke)
+    assert_resumed(spec, before, reference / "exp")
 
 
 def test_tpe_search_runs_its_budget_and_reruns_the_best(tmp_path):
