@@ -132,16 +132,18 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
     without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
     return ComparisonTable(table, datasets, methods, models, metrics, versus, test, correction, selection_metric,
-                           n_resamples, seed, ties, left_out, without_ties, _early_stopping(collection))
+                           n_resamples, seed, ties, left_out, without_ties, _early_stopping(collection, datasets))
 
 
-def _early_stopping(collection: Collection) -> str:
-    """The legend's sentence on the scheduler of the search (plan.json), "" for fifo (every point to the end)."""
+def _early_stopping(collection: Collection, datasets: tuple[str, ...]) -> str:
+    """The legend's sentence on the scheduler of the search (plan.json), "" for fifo (every point to the
+    end); its counts are those of the table's data sets (Table 3 shows only those with ratings)."""
     if not collection.early_stopping:
         return ""
     s = collection.scheduler
     trials = collection.trials
-    search = trials[(trials["stage"] == "search") & (trials["method"] != "base")]  # Base has no grid to search
+    search = trials[(trials["stage"] == "search") & (trials["method"] != "base")  # Base has no grid to search
+                    & trials["dataset"].isin(datasets)]
     rungs = ", ".join(map(str, s.get("rungs", [])))
     return (f"early stopping in the search: ASHA on validation NDCG@10 (grace {s.get('grace_epochs')} epochs, reduction "
             f"factor {s.get('reduction_factor')}, rungs at epochs {rungs} of {s.get('max_epochs')}) stopped "
@@ -319,12 +321,14 @@ def _latex(text: str) -> str:
 
 
 def to_csv(table: ComparisonTable) -> str:
-    """One line per table position, ids as in the files, mean and std in %, missing values as n/a."""
+    """One line per table position, ids as in the files, mean and std in %, missing values as n/a; the
+    marks as columns (`best` at the printed tables' precision, 3 decimals in %: docs/FORMATS.md)."""
     frame = table.cells.assign(mean_pct=table.cells["mean"] * 100, std_pct=table.cells["std"] * 100,
                                difference_pct=table.cells["mean_difference"] * 100, versus=table.versus,
                                test=table.test, correction=table.correction or "none", ties=table.ties)
     columns = ["dataset", "method", "model", "metric", "mean_pct", "std_pct", "n_runs", "source", "config", "n_configs",
-               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "best", "incomplete", "stopped"]
+               "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "untested", "best",
+               "incomplete", "stopped"]
     return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
 
 

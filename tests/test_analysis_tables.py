@@ -293,6 +293,16 @@ def test_partial_experiment_gives_a_table_with_missing_cells(partial):
     assert latex.count(" & ---") == 4
     frame = pd.read_csv(io.StringIO(comparison_table(partial, fmt="csv")))
     assert frame["mean_pct"].isna().sum() == 4 and len(frame) == 2 * 5 * 2 * 2
+    assert_csv_marks(frame)
+
+
+def assert_csv_marks(frame: pd.DataFrame) -> None:
+    """The CSV's mark columns mean what the printed legend says."""
+    tested = frame["p_adjusted"].notna() | (frame["method"] == frame["versus"])
+    assert (frame["untested"] == (frame["mean_pct"].notna() & ~tested)).all()
+    shown = frame["mean_pct"].round(3)
+    column = shown.groupby([frame["dataset"], frame["model"], frame["metric"]])
+    assert (frame["best"] == (shown.notna() & (shown == column.transform("max")) & (column.transform("count") >= 2))).all()
 
 
 def test_csv_holds_every_position(experiment):
@@ -302,6 +312,8 @@ def test_csv_holds_every_position(experiment):
     row = frame[(frame["dataset"] == "lastfm") & (frame["method"] == "csrec-m") & (frame["model"] == "gru4rec")
                 & (frame["metric"] == "recall@10")].iloc[0]
     assert row["best"] and row["config"] == "beta=0.25 temperature=3.0" and row["source"] == "seeds"
+    assert not frame["untested"].any()
+    assert_csv_marks(frame)
 
 
 def test_table_options_and_errors(experiment, tmp_path):

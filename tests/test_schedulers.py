@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import quiet, write_smoke_spec
 
-from analysis import collect, comparison_table
+from analysis import collect, comparison_table, tables
 from analysis.report import write_report
 from csrec.config import load_spec
 from csrec.errors import CSRecError
@@ -152,6 +152,8 @@ def test_a_stopped_point_is_in_the_table_and_report_as_stopped_not_failed(asha_r
     assert ("early stopping in the search: ASHA on validation NDCG@10 (grace 2 epochs, reduction factor 2, rungs "
             "at epochs 2 of 4) stopped 1 of 2 search runs") in table
     assert "‡" not in table and "§" not in table  # the selected point trained to the end: no mark
+    # the counts are the table's data sets' (Table 3 leaves out those without ratings)
+    assert "stopped 0 of 0 search runs" in tables._early_stopping(collection, ("ml-100k",))
     report = write_report(directory, tmp_path / "report.md", html_too=False).read_text()
     assert "after epoch 2" in report and "failed (" not in report
     # the mark: with the good point's record gone, the stopped point is selected and marked §

@@ -21,6 +21,7 @@ interface, cannot send it. Hosts' clocks must agree to well within LEASE_S.)
 from __future__ import annotations
 
 import _thread
+import contextlib
 import fcntl
 import json
 import os
@@ -84,7 +85,7 @@ class ExperimentLock(_HeldWhileInside):
             self.log(f"lock: the driver that held {self.path.parent} ({_describe(previous)}) is gone; taking over")
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}))
+        handle.write(json.dumps({**_this_process(), "started": time.time()}))
         handle.flush()
         self.handle = handle
 
@@ -132,8 +133,8 @@ class LeaseLock(_HeldWhileInside):
                              f"({_describe(current)}); wait for it to end or stop it, then resume")
 
     def _write(self) -> None:
-        self.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
-                                         "owner": self.owner, "expires": time.time() + LEASE_S}))
+        self.path.write_text(json.dumps({**_this_process(), "started": self.started, "owner": self.owner,
+                                         "expires": time.time() + LEASE_S}))
 
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_S / 4):
@@ -181,7 +182,11 @@ def _stale(content: dict, lease: bool) -> str | None:
     """Why the driver a lock names is gone, or None when it may be running."""
     if content.get("unreadable"):
         return "its lock is unreadable" if lease else None  # a lock object is written whole: not a driver's
-    if content.get("host") == socket.gethostname() and isinstance(content.get("pid"), int):
+    # The pid is checked only where it is a process of this machine: a host name alone can be shared
+    # (containers on the host's network, images that all call themselves "localhost"). A lock written
+    # before locks named their machine is checked by its host.
+    same = "machine" if "machine" in content else "host"
+    if content.get(same) == _this_process()[same] and isinstance(content.get("pid"), int):
         try:
             os.kill(content["pid"], 0)
         except ProcessLookupError:
@@ -191,6 +196,16 @@ def _stale(content: dict, lease: bool) -> str | None:
     if lease and not content.get("expires", 0) > time.time():
         return f"its lease ended at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(content.get('expires', 0)))}"
     return None
+
+
+def _this_process() -> dict:
+    """Who writes a lock: host name, pid, and `machine`, the process space the pid belongs to (the
+    host name, the kernel's boot id and the pid namespace, where /proc has them)."""
+    machine = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        machine += [Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                    str(os.stat("/proc/self/ns/pid").st_ino)]
+    return {"host": socket.gethostname(), "pid": os.getpid(), "machine": "/".join(machine)}
 
 
 def _read(path, strict: bool = False) -> dict:
