@@ -22,19 +22,16 @@ import yaml
 from analysis import collect
 from analysis.collect import select
 from csrec.jobs import MODELS
+from csrec.runner.experiment import store_root
 from csrec.store import Store
 
 
 def reused_keys(directory: Path) -> set[str]:
     # From the raw spec.yaml, not load_spec: this reads finished experiments whose data paths may
-    # be gone (load_spec checks every file); a reuse folder is an experiment or a store, as in
-    # csrec.runner.experiment.reuse_stores.
+    # be gone (load_spec checks every file).
     spec = yaml.safe_load((directory / "spec.yaml").read_text())  # resolved: absolute reuse paths
-    keys = set()
-    for folder in map(Path, spec.get("reuse") or []):
-        root = folder / "store" if (folder / "store" / "models").is_dir() else folder
-        keys |= set(Store(root).keys(MODELS))
-    return keys
+    roots = [store_root(Path(folder)) for folder in spec.get("reuse") or []]
+    return {key for root in roots if root is not None for key in Store(root).keys(MODELS)}
 
 
 def epochs_trained(directory: Path, key: str, record: dict | None, reused: set[str]) -> tuple[int, str]:

@@ -261,8 +261,7 @@ def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
     is neither is an error with `log=None` (a spec being started), else said and passed over."""
     stores = []
     for folder in spec.reuse_directories:
-        root = folder / "store" if (folder / "store" / "models").is_dir() else folder
-        if (root / "models").is_dir():
+        if (root := store_root(folder)) is not None:
             stores.append(Store(root))
         elif log is None:
             raise CSRecError(f"reuse: {folder} is neither an experiment directory nor a store (no store/models "
@@ -270,6 +269,12 @@ def reuse_stores(spec: ExperimentSpec, log=print) -> list[Store]:
         else:
             log(f"reuse: {folder} holds no models any more (moved or deleted?); what it held is trained here")
     return stores
+
+
+def store_root(folder):
+    """The store of `folder`, an experiment directory or a store root; None when it is neither."""
+    root = folder / "store" if (folder / "store" / "models").is_dir() else folder
+    return root if (root / "models").is_dir() else None
 
 
 def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtime: bool = True) -> str:
