@@ -3,7 +3,8 @@ deduplication, resume after the driver or a trial's worker is killed, damaged st
 requests on a cluster without GPUs.
 
 Everything runs on CPU with fixed seeds, so a run that went through Ray, or was killed and resumed,
-must give exactly the per-user ranks of one uninterrupted local run (the `local_smoke` fixture).
+must give exactly the per-user ranks of one uninterrupted local run (the `local_smoke` fixture, or
+`long_spec`'s reference where the run is killed mid-stage).
 Drivers run as subprocesses with one torch thread and their own Ray temp folder; the Ray processes a
 killed driver leaves behind carry an environment marker and are ended here by pid, never anyone
 else's (no `ray stop`).
@@ -212,8 +213,11 @@ def test_smoke_through_ray_equals_the_local_backend(tmp_path, ray_session, local
     # GPU requests on this CPU-only Ray: the run must go on CPU (with a warning), not stay pending
     spec = write_spec(tmp_path, "ray", teacher_resources={"cpu": 1, "gpu": 1}, trial_resources={"cpu": 1, "gpu": 0.5})
     lines = []
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.warns(UserWarning, match="running on CPU"):
         run_experiment(spec, log=lines.append)
+    # Tune's Ctrl-C handler is gone with its stages: a Ctrl-C or SIGTERM after them is never swallowed
+    assert signal.getsignal(signal.SIGINT) is handler
     directory = tmp_path / "ray"
     assert_plan_finished(spec)
     assert set(results(directory)) == set(results(local_smoke))
@@ -392,12 +396,22 @@ def assert_resumed(spec: Path, before: dict[str, float], reference: Path) -> Non
     assert {k: after[k] for k in before} == before
 
 
+def long_spec(folder: Path, methods: list[str]) -> tuple[Path, Path]:
+    """The smoke spec with `methods` at 40 epochs, and its uninterrupted local run: (spec, reference
+    directory). A kill at a trial's first report, or once some jobs are stored, lands while the rest
+    still trains; with the smoke spec's 2 epochs (0.04 s each) the stage can end first."""
+    changes = {"methods": methods, "seeds": [0, 1],
+               "train": {"max_epochs": 40, "patience": 40, "batch_size": 64, "progress": False, "num_threads": 1}}
+    reference = folder / "reference"
+    reference.mkdir()
+    run_experiment(write_spec(reference, "exp", **changes), local=True, table=False, log=quiet)
+    return write_spec(folder, "exp", **changes), reference / "exp"
+
+
 @pytest.mark.parametrize("moment", ["teachers", "trials"])
-def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, local_smoke, moment):
-    if moment == "teachers":  # four teachers, the CSRec-T main teacher after its side teacher
-        spec = write_spec(tmp_path, "exp", methods=["base", "csrec-t"], seeds=[0, 1])
-    else:
-        spec = write_spec(tmp_path, "exp", methods=["base", "csrec-m"], seeds=[0, 1])
+def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, moment):
+    # teachers: four, the CSRec-T main teacher after its side teacher
+    spec, reference = long_spec(tmp_path, ["base", "csrec-t" if moment == "teachers" else "csrec-m"])
     directory = tmp_path / "exp"
     trials = directory / "store" / "trials"
 
@@ -419,7 +433,7 @@ def test_local_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, loc
     counts = [line for line in (tmp_path / "driver.log").read_text().splitlines()
               if line.startswith("teachers: ") and "in the store" in line]
     assert not counts[-1].startswith("teachers: 0 of")  # the resume found teachers already made
-    assert_resumed(spec, before, local_smoke)
+    assert_resumed(spec, before, reference)
 
 
 def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
@@ -448,16 +462,7 @@ def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
 
 
 def test_ray_run_killed_during_the_trials_then_resumed(tmp_path):
-    # 40 epochs, so the search trial is still training when the kill lands (at its first report):
-    # with the smoke spec's 2 it could finish first, leaving nothing to resume from a checkpoint.
-    # The uninterrupted reference runs the same settings on the local backend.
-    changes = {"methods": ["base", "softrec"], "seeds": [0, 1],
-               "train": {"max_epochs": 40, "patience": 40, "batch_size": 64, "progress": False,
-                         "num_threads": 1}}
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    run_experiment(write_spec(reference, "exp", **changes), local=True, table=False, log=quiet)
-    spec = write_spec(tmp_path, "exp", **changes)
+    spec, reference = long_spec(tmp_path, ["base", "softrec"])  # killed at the search trial's first report
     directory = tmp_path / "exp"
     search = directory / "tune" / "search"
 
@@ -482,7 +487,7 @@ def test_ray_run_killed_during_the_trials_then_resumed(tmp_path):
     (trial_log,) = search.glob("*/result.json")  # the new Tuner's only trial: it went on from its checkpoint
     rows = [json.loads(line) for line in trial_log.read_text().splitlines()]
     assert rows[-1]["done"] and all(r["epoch"] > 1 for r in rows if not r["done"])  # epoch 1 not redone
-    assert_resumed(spec, before, reference / "exp")
+    assert_resumed(spec, before, reference)
 
 
 def test_tpe_search_runs_its_budget_and_reruns_the_best(tmp_path):

@@ -45,7 +45,7 @@ from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import LiveView
 from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
-from csrec.runner.signals import sigterm_as_ctrl_c
+from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
 from csrec.runner.trials import record_stopped, run_trial
 from csrec.storage import RemotePath, remove_tree, tune_storage
 from csrec.store import Store, write_json_atomic
@@ -305,7 +305,8 @@ class RayBackend:
         where = " (on object storage: copy it to this machine first)" if isinstance(curves, RemotePath) else ""
         self.log(f"{stage}: {how}; training curves: tensorboard --logdir {curves}{where}")
         started = time.time()
-        results = tuner.fit()
+        with handlers_kept():  # Tune's Ctrl-C handler must not outlive its stage
+            results = tuner.fit()
         stopped = set(getattr(scheduler, "stopped", {}))
         _fetch_stopped_checkpoints(results, trials, stopped, work_dir)
         record_stopped(trials, experiment.store, work_dir, self.log)

@@ -4,10 +4,16 @@ The handler sends this process SIGINT, so that whatever handles Ctrl-C at that m
 Tune's handler stops its trials, Python's raises KeyboardInterrupt; launch.py then says what was
 kept and exits 130. ray.init installs its own SIGTERM handler (a sys.exit with a traceback), so
 this is installed again after it.
+
+Tune installs its Ctrl-C handler when `fit` starts and puts the previous one back only when a
+signal arrives: after a `fit` that ended normally, its handler would swallow the next Ctrl-C or
+SIGTERM (between stages, or during the table) and the run would go on. `handlers_kept` puts the
+previous handlers back whatever `fit` did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -19,3 +25,18 @@ def sigterm_as_ctrl_c():
     if threading.current_thread() is threading.main_thread():
         return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     return None
+
+
+@contextlib.contextmanager
+def handlers_kept():
+    """The SIGINT and SIGUSR1 handlers at entry are the ones at exit (module docstring)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {number: signal.getsignal(number) for number in (signal.SIGINT, getattr(signal, "SIGUSR1", None))
+            if number is not None}
+    try:
+        yield
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
