@@ -33,14 +33,19 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from csrec.runner.signals import sigterm_as_ctrl_c
-
+def build_parser() -> Parser:
+    """launch.py's command line: one subcommand each of csrec.cli.COMMANDS."""
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, _run, help_text) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text, description=help_text))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from csrec.runner.signals import sigterm_as_ctrl_c
+
+    args = build_parser().parse_args(argv)
     previous = sigterm_as_ctrl_c()  # Slurm, Kubernetes and `timeout` stop a driver with SIGTERM: as Ctrl-C
     show = warnings.showwarning
     warnings.showwarning = _one_line_warning  # "warning: ..." lines, not Python's source-line format

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -74,6 +76,37 @@ def test_a_mistake_exits_2_from_the_shell_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: --data /nonexistent/x.csv: no such file"]
     assert not (tmp_path / "out").exists()
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, arguments) of every `python launch.py ...` in the fenced blocks of README.md and docs/:
+    continuation lines joined, cut at a comment, a shell operator or a redirect, an optional
+    `[...]` taken with its contents and `$NAME` from the block's own NAME="..." line."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", path.read_text(), flags=re.S | re.M):
+            block = block.replace("\\\n", " ")
+            names = dict(re.findall(r'^(\w+)="([^"]*)"', block, flags=re.M))
+            for line in block.splitlines():
+                for part in re.split(r"&&|;|\||\)|\d?>|<|\s#", line):
+                    if (m := re.search(r"python launch\.py (.*)", part)):
+                        arguments = re.sub(r"\$(\w+)", lambda v: names[v.group(1)], m.group(1))
+                        found.append((path.name, arguments.replace("[", "").replace("]", "").strip()))
+    return found
+
+
+def test_every_documented_command_parses_and_names_files_that_exist(capsys):
+    commands = documented_commands()
+    assert len(commands) >= 40 and any(name == "README.md" for name, _ in commands)
+    for name, arguments in commands:
+        try:
+            args = launch.build_parser().parse_args(shlex.split(arguments))
+        except SystemExit as exit_:
+            assert exit_.code == 0, f"{name}: launch.py {arguments}: {capsys.readouterr().err.strip()}"
+            continue
+        spec = getattr(args, "spec", None)
+        if spec and str(spec).startswith("experiments/"):
+            assert (ROOT / spec).is_file(), f"{name}: launch.py {arguments}: no such spec"
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
