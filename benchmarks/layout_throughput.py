@@ -1,6 +1,6 @@
 """Training throughput of the two layouts, each model, in the same run, and the output-layer floor.
 
-    python benchmarks/layout_throughput.py [--data lastfm|beauty] [--threads 1] [--steps 30] [--repeats 3]
+    python benchmarks/layout_throughput.py [--data lastfm|beauty|yelp] [--threads 1] [--steps 30] [--repeats 3]
 
 For every model and layout: training targets ((prefix, next item) pairs) per second over `steps`
 Adam steps of `fit`'s own batches (csrec.batching, batch_size 256 targets, plain CE), best of
@@ -8,9 +8,9 @@ Adam steps of `fit`'s own batches (csrec.batching, batch_size 256 targets, plain
 spent in the output layer, the floor of full-softmax training: the [T, H] x [H, n_items] product,
 the cross entropy and their backward, timed alone on the same T targets.
 
-Last.FM: the paper's windows (max_len 20, overlap_head). Beauty: user_loo with max_len 50 (the
-S3Rec/ELECRec protocol). The FLOP ratio printed beside the measured one is the encoder's saving
-(targets per row) folded with the output layer, which both layouts pay in full, counted by
+Last.FM and Yelp: the paper's windows (max_len 20 and 10, overlap_head). Beauty: user_loo with
+max_len 50 (the S3Rec/ELECRec protocol). The FLOP ratio printed beside the measured one is the
+encoder's saving (targets per row) folded with the output layer, which both layouts pay in full, counted by
 torch.utils.flop_counter on the same steps.
 """
 
@@ -33,6 +33,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {
     "lastfm": DataConfig(path=str(SHARED / "lastfm.csv"), max_len=20, overlap_head=True),
     "beauty": DataConfig(path=str(SHARED / "beauty.txt"), protocol="user_loo", max_len=50),
+    "yelp": DataConfig(path=str(SHARED / "yelp.txt"), max_len=10, overlap_head=True),
 }
 
 
