@@ -10,8 +10,8 @@ the cross entropy and their backward, timed alone on the same T targets.
 
 Last.FM and Yelp: the paper's windows (max_len 20 and 10, overlap_head). Beauty: user_loo with
 max_len 50 (the S3Rec/ELECRec protocol). The FLOP ratio printed beside the measured one is the
-encoder's saving (targets per row) folded with the output layer, which both layouts pay in full, counted by
-torch.utils.flop_counter on the same steps.
+encoder's saving (targets per row) folded with the output layer, which both layouts pay in full,
+counted by torch.utils.flop_counter on the same steps.
 """
 
 from __future__ import annotations
