@@ -10,12 +10,12 @@ On object storage there is no flock: `LeaseLock` writes the lock object with an 
 end of a lease that a thread renews every LEASE_S / 4 seconds, and reads it back SETTLE_S seconds
 later: of two drivers starting together the later write wins and the other is refused. A lock whose
 lease has ended (its driver stopped renewing it: killed, or its machine lost), or whose driver is a
-dead process of this machine (same host name, boot id and pid namespace), is taken over and said;
-a lock that cannot be read (the store unreachable) is never taken over, and a renewal that cannot
-read it tries again. A driver that finds its lock taken over (it paused for longer than the
-lease) stops as on Ctrl-C, keeping finished work. (S3's conditional write, If-None-Match, would close the gap of a driver paused between
-reading and writing for longer than SETTLE_S; pyarrow, which gives us every file system through one
-interface, cannot send it. Hosts' clocks must agree to well within LEASE_S.)
+dead process of this machine (same host name, boot id and pid namespace), is taken over and said; a
+lock that cannot be read (the store unreachable) is never taken over, and a renewal that cannot read
+it tries again. A driver that finds its lock taken over (it paused for longer than the lease) stops
+as on Ctrl-C, keeping finished work. (S3's conditional write, If-None-Match, would close the gap of
+a driver paused between reading and writing for longer than SETTLE_S; pyarrow, which gives us every
+file system through one interface, cannot send it. Hosts' clocks must agree to well within LEASE_S.)
 """
 
 from __future__ import annotations
