@@ -1,4 +1,4 @@
-"""One driver per experiment: `DIR/driver.lock` names the driver that holds it (host, pid, start).
+"""One driver per experiment: `DIR/driver.lock` names the driver that holds it (host, pid, machine, started).
 
 The holder keeps an exclusive `flock` on the file for its whole run; the kernel drops it when the
 process ends, however it ends (kill -9 included). So on one host a lock file whose flock can be
