@@ -396,12 +396,17 @@ def assert_resumed(spec: Path, before: dict[str, float], reference: Path) -> Non
     assert {k: after[k] for k in before} == before
 
 
+def long_train(epochs: int) -> dict:
+    """The smoke spec's train section at `epochs` (patience as long): a stage that outlasts a signal
+    sent at its first report, which the smoke spec's 2 epochs (0.04 s each) may not."""
+    return {"max_epochs": epochs, "patience": epochs, "batch_size": 64, "progress": False, "num_threads": 1}
+
+
 def long_spec(folder: Path, methods: list[str]) -> tuple[Path, Path]:
     """The smoke spec with `methods` at 40 epochs, and its uninterrupted local run: (spec, reference
     directory). A kill at a trial's first report, or once some jobs are stored, lands while the rest
-    still trains; with the smoke spec's 2 epochs (0.04 s each) the stage can end first."""
-    changes = {"methods": methods, "seeds": [0, 1],
-               "train": {"max_epochs": 40, "patience": 40, "batch_size": 64, "progress": False, "num_threads": 1}}
+    still trains; with the smoke spec's 2 epochs the stage can end first."""
+    changes = {"methods": methods, "seeds": [0, 1], "train": long_train(40)}
     reference = folder / "reference"
     reference.mkdir()
     run_experiment(write_spec(reference, "exp", **changes), local=True, table=False, log=quiet)
@@ -441,8 +446,7 @@ def test_ctrl_c_during_the_trials_stops_the_run_and_says_so(tmp_path):
     130, "interrupted"), not take the stage as finished and go on to the seeds and the table."""
     # Enough epochs that the search trial is still training when the signal lands (at its first
     # report): on an idle machine the smoke spec's 2 epochs end before it, and the run with them.
-    train = {"max_epochs": 60, "patience": 60, "batch_size": 64, "progress": False, "num_threads": 1}
-    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1], train=train)
+    spec = write_spec(tmp_path, "exp", methods=["base", "softrec"], seeds=[0, 1], train=long_train(60))
     directory = tmp_path / "exp"
     search = directory / "tune" / "search"
 

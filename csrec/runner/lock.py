@@ -23,6 +23,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -199,13 +200,19 @@ def _stale(content: dict, lease: bool) -> str | None:
 
 
 def _this_process() -> dict:
-    """Who writes a lock: host name, pid, and `machine`, the process space the pid belongs to (the
-    host name, the kernel's boot id and the pid namespace, where /proc has them)."""
+    """Who writes a lock: host name, pid, and `machine`, the process space the pid belongs to."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "machine": _machine()}
+
+
+@functools.cache
+def _machine() -> str:
+    """The host name, the kernel's boot id and the pid namespace, where /proc has them (read once:
+    they do not change while this process runs)."""
     machine = [socket.gethostname()]
     with contextlib.suppress(OSError):
         machine += [Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
                     str(os.stat("/proc/self/ns/pid").st_ino)]
-    return {"host": socket.gethostname(), "pid": os.getpid(), "machine": "/".join(machine)}
+    return "/".join(machine)
 
 
 def _read(path, strict: bool = False) -> dict:
