@@ -55,7 +55,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     d.add_argument("--item-min-count", type=int, default=5, help="k-core: least interactions per item")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=100, help="most epochs")
-    t.add_argument("--patience", type=int, default=10, help="epochs without better validation NDCG@10 before stopping")
+    t.add_argument("--patience", type=int, default=10, help="epochs without a better --selection-metric before stopping")
+    t.add_argument("--selection-metric", default="ndcg@10",
+                   help="validation metric of the best epoch and of --patience (ndcg@K, recall@K, mrr@K; ELECRec's "
+                        "authors: ndcg@20)")
     t.add_argument("--batch-size", type=int, default=256, help="training targets per Adam step (see --batch-unit)")
     t.add_argument("--layout", default="sequence", choices=["sequence", "prefix"],
                    help="sequence (default): every prefix of a sequence from one pass (same pairs, a fraction of "
@@ -92,9 +95,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     e.add_argument("--prob-power", type=finite, help="the generator's softmax is raised to this power >= 0 (1.0)")
     e.add_argument("--gen-loss-weight", type=finite, help="weight of the generator's cross entropy (1.0)")
     e.add_argument("--dis-loss-weight", type=finite, help="weight of the discriminator's real/replaced BCE (0.5)")
-    e.add_argument("--model-shared-type", default="embed_only", choices=["embed_only", "full"],
+    e.add_argument("--model-shared-type", choices=["embed_only", "full"],
                    help="what the generator shares with the discriminator: item and position embeddings "
-                        "(embed_only), or those and the transformer layers (full)")
+                        "(embed_only, the default), or those and the transformer layers (full)")
+    e.add_argument("--generator-normalisation", choices=["padded", "targets"],
+                   help="the generator CE's denominator: the batch's rows x max_len positions (padded, the "
+                        "authors' and the default) or its real positions (targets)")
+    e.add_argument("--preset", choices=["beauty", "yelp"],
+                   help="the ELECRec authors' script for the data set: its weights, sample ratio, power and sharing "
+                        "type, for the options not given")
     r = p.add_argument_group("S3Rec (sasrec, --layout sequence; pretraining defaults: the S3Rec authors')")
     r.add_argument("--attributes", help="item attributes for the pretraining: a registered data set's name (its "
                                         "attribute file) or an item2attributes JSON file {item id: [attribute ids]}")
@@ -143,13 +152,22 @@ def _run_train(args: argparse.Namespace) -> int:
                       item_min_count=args.item_min_count, exclude_history=args.exclude_history, attributes=attributes)
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
                         patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads,
-                        layout=args.layout, batch_unit=args.batch_unit)
+                        layout=args.layout, batch_unit=args.batch_unit, selection_metric=args.selection_metric)
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
                                kl_direction=args.kl_direction, noise_term=args.noise_term,
                                noise_parametrization=args.noise_parametrization,
-                               model_shared_type=args.model_shared_type, pretrain_epochs=args.pretrain_epochs,
+                               model_shared_type=args.model_shared_type or "embed_only",
+                               generator_normalisation=args.generator_normalisation or "padded",
+                               pretrain_epochs=args.pretrain_epochs,
                                pretrain_batch_size=args.pretrain_batch_size)
     params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
+    if args.preset is not None:  # the ELECRec authors' script, under the options given
+        from csrec.elecrec import SETTINGS, preset
+        if args.method != "elecrec":
+            raise CSRecError(f"--preset applies to --method elecrec, not {args.method}; remove it or use elecrec")
+        values = preset(args.preset)
+        params = {k: v for k, v in values.items() if k not in SETTINGS} | params
+        settings = dataclasses.replace(settings, **{k: getattr(args, k) or values[k] for k in SETTINGS})
     job = student_job(args.method, base_job(data, args.model, train), params, settings)
     store = Store(store_place)
     work = work_dir(store.root)

@@ -169,6 +169,9 @@ class TeacherSettings:
     # elecrec: what its generator shares with the discriminator (ELECRec's --model_shared_type):
     # "embed_only" the item and position embeddings (its default), "full" the transformer layers too.
     model_shared_type: Literal["embed_only", "full"] = "embed_only"
+    # elecrec: the generator CE's denominator: "padded" the B x max_len positions of the batch's rows
+    # (the authors'), "targets" its real positions (csrec.elecrec).
+    generator_normalisation: Literal["padded", "targets"] = "padded"
     # s3rec: its pretraining job's epochs and batch (prefixes per Adam step). The authors' published
     # checkpoints are from epoch 150 (Beauty) and 100 (Yelp); their batch is 100 (RecBole: 500 epochs).
     pretrain_epochs: int = 150
@@ -381,6 +384,12 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
     raw = read_yaml(path)
+    if isinstance(raw, dict):  # `search: {elecrec: {preset: beauty}}` -> the preset's values (csrec.elecrec)
+        from csrec.elecrec import expand_preset
+        try:
+            raw = expand_preset(raw)
+        except CSRecError as error:
+            raise CSRecError(f"{path}: search.elecrec.preset: {error}") from None
     if recorded and isinstance(raw, dict) and isinstance(raw.get("train", {}), dict):
         raw["train"] = LEGACY_DEFAULTS | (raw.get("train") or {})
     if isinstance(raw, dict) and isinstance(raw.get("scheduler"), str):  # `scheduler: asha` -> its defaults

@@ -25,18 +25,37 @@ Facts from the authors' code (github.com/YChen1993/ELECRec, src/), which this fo
   One Adam over both models (lr 1e-3); the multinomial draw passes no gradient, so the
   discriminator loss reaches the generator only through what they share.
 
+Loss normalisation (`generator_normalisation`, an option with two values):
+- "padded" (the authors', the default): their generator loss is `nn.CrossEntropyLoss()` over all
+  B x max_len positions of a batch of B left-padded rows, padding included as a target of class 0.
+  We sum the CE over the real positions and divide by B x max_len (`generator_loss` with
+  `padded_positions`): the same weight on every real position. The padding positions' own terms
+  (they learn to predict class 0, which they do at once) are left out: no real position reads a
+  padding position in our right-padded, causal rows. On Beauty (user_loo, max_len 50) real
+  positions are 11.7% of B x max_len, so the generator term is about 0.12x the per-target mean.
+- "targets": both losses are means over the real positions (this project's first version); with
+  `full` sharing the encoder is then trained mostly by the generator (ELECRec drifts towards
+  CE-trained SASRec). Its keys are those of the runs made before the option existed.
+The discriminator BCE is a mean over the real positions under both (the authors' sum / sum(istarget)).
+
+Presets (`PRESETS`, `search: {elecrec: {preset: beauty}}` or `launch.py train --preset beauty`):
+the authors' src/scripts/beauty.sh and yelp.sh. Their main.py also trains with dropout 0.5 (hidden
+and attention), batches of 256 sequences, max_len 50, 300 epochs, selection on validation NDCG@20
+with patience 40: the spec's train and model_overrides sections (experiments/seed_methods_beauty.yaml).
+
 Deviations, each without effect on the method's definition:
-- Generator CE is the mean over the real positions. The reference averages `nn.CrossEntropyLoss`
-  over all max_len positions, padding included as a target of class 0, which its left-padded,
-  fully masked padding positions learn at once; its generator term is then about (real positions /
-  max_len) times ours (Beauty, max_len 50: about 0.15-0.2), which `gen_loss_weight` can mirror.
+- Rows are right-padded (real items first, position 0 the oldest item of a row) where the authors
+  left-pad (the last item always at position max_len - 1). With learned absolute position
+  embeddings this changes which embedding each item gets: a row of n items uses positions 0..n-1
+  here, max_len-n..max_len-1 there. The model is the same family (SASRec's own code right-pads
+  nothing either; RecBole right-pads); the effect on Beauty is not measured (docs/REPRODUCTION.md).
 - The replacement sampler draws with softmax(prob_power * logits), the same distribution as the
   reference's normalised softmax(logits) ** prob_power without its underflow for large powers, by
   inverse CDF (torch.multinomial took 38 ms of a 48 ms Last.FM step on one CPU thread), and only
   where a replacement is kept (the reference draws everywhere, then overwrites).
 - Padding stays padding in the discriminator's input (the reference puts generator draws in its
   left padding, which real positions attend to); our rows are right-padded and causal, so padding
-  never reaches a real position anyway.
+  never reaches a real position.
 - BCE from the head's logit (`binary_cross_entropy_with_logits`) rather than log(sigmoid + 1e-24).
 """
 
@@ -51,12 +70,49 @@ from csrec.errors import CSRecError
 from csrec.models import SASRec
 
 SHARED_TYPES = ("embed_only", "full")  # what the generator shares with the discriminator (main.py)
+NORMALISATIONS = ("padded", "targets")  # the generator CE's denominator (module docstring)
+
+# The authors' scripts (src/scripts/beauty.sh, yelp.sh): the grid point and the sharing type.
+PRESETS = {
+    "beauty": {"sample_ratio": 0.45, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.6,
+               "model_shared_type": "full", "generator_normalisation": "padded"},
+    "yelp": {"sample_ratio": 0.8, "prob_power": 4.4, "gen_loss_weight": 1.0, "dis_loss_weight": 0.7,
+             "model_shared_type": "embed_only", "generator_normalisation": "padded"},
+}
+SETTINGS = ("model_shared_type", "generator_normalisation")  # a preset's entries that are not grid parameters
 
 
-def generator_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Full-softmax CE of the generator at every real position: logits [T, N] (column 0 padding),
-    targets [T] in 1..N-1 -> scalar, mean over the T positions (module docstring: the reference's mean)."""
-    return losses.cross_entropy(logits, targets)
+def preset(name: str) -> dict:
+    """The preset `name` (PRESETS), or a CSRecError naming the known ones."""
+    if name not in PRESETS:
+        raise CSRecError(f"elecrec preset {name!r} is unknown; known: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def expand_preset(raw: dict) -> dict:
+    """A spec's raw mapping with `search.elecrec.preset` replaced by the preset's values: each grid
+    parameter the entry does not give becomes a one-point list, and `teachers` gets the sharing type
+    and normalisation it does not give. The recorded spec.yaml so holds the values, not the name."""
+    search = raw.get("search")
+    entry = search.get("elecrec") if isinstance(search, dict) else None
+    if not isinstance(entry, dict) or "preset" not in entry:
+        return raw
+    values = preset(str(entry["preset"]))
+    search["elecrec"] = {k: [v] for k, v in values.items() if k not in SETTINGS} | {
+        k: v for k, v in entry.items() if k != "preset"}
+    teachers = raw.get("teachers") if isinstance(raw.get("teachers"), dict) else {}
+    raw["teachers"] = {k: values[k] for k in SETTINGS} | teachers
+    return raw
+
+
+def generator_loss(logits: torch.Tensor, targets: torch.Tensor, padded_positions: int | None = None) -> torch.Tensor:
+    """Full-softmax CE of the generator at the T real positions: logits [T, N] (column 0 padding),
+    targets [T] in 1..N-1 -> scalar. padded_positions None: the mean over the T positions
+    ("targets"); else the sum over them divided by padded_positions, the B x max_len positions of
+    the batch's padded rows ("padded", the authors' nn.CrossEntropyLoss mean: module docstring)."""
+    if padded_positions is None:
+        return losses.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction="sum") / padded_positions
 
 
 @torch.no_grad()
@@ -104,7 +160,8 @@ class ELECRec(nn.Module):
     uses_logits = False  # csrec.batching.training_loss
 
     def __init__(self, discriminator: SASRec, sample_ratio: float = 0.7, prob_power: float = 1.0,
-                 gen_loss_weight: float = 1.0, dis_loss_weight: float = 0.5, model_shared_type: str = "embed_only"):
+                 gen_loss_weight: float = 1.0, dis_loss_weight: float = 0.5, model_shared_type: str = "embed_only",
+                 generator_normalisation: str = "padded"):
         super().__init__()
         if not isinstance(discriminator, SASRec):
             raise CSRecError(f"elecrec trains SASRec encoders as generator and discriminator, not "
@@ -112,6 +169,10 @@ class ELECRec(nn.Module):
         if model_shared_type not in SHARED_TYPES:
             raise CSRecError(f"elecrec model_shared_type must be one of {', '.join(SHARED_TYPES)}, "
                              f"got {model_shared_type!r}")
+        if generator_normalisation not in NORMALISATIONS:
+            raise CSRecError(f"elecrec generator_normalisation must be one of {', '.join(NORMALISATIONS)}, "
+                             f"got {generator_normalisation!r}")
+        self.generator_normalisation = generator_normalisation
         self.sample_ratio, self.prob_power = sample_ratio, prob_power
         self.gen_loss_weight, self.dis_loss_weight = gen_loss_weight, dis_loss_weight
         self.model_shared_type = model_shared_type
@@ -136,7 +197,8 @@ class ELECRec(nn.Module):
                              "(launch.py train --layout sequence)")
         positions, targets = batch.positions, batch.targets  # [B, W] bool, [T]
         generated = self.generator.scores(self.generator.encode_positions(batch.item_seq)[positions])  # [T, N]
-        generator = generator_loss(generated, targets)
+        padded = len(batch.item_seq) * self.discriminator.max_len if self.generator_normalisation == "padded" else None
+        generator = generator_loss(generated, targets, padded)
         items = replace_items(generated.detach(), targets, self.sample_ratio, self.prob_power)  # [T]
         next_items = torch.zeros_like(batch.item_seq)  # [B, W]; padding stays 0
         next_items[positions] = items

@@ -40,7 +40,6 @@ from csrec.tensorboard import EpochScalars
 from csrec.train import FitResult, fit, resolve_device, seed_everything
 
 MODELS = "models"
-SELECTION_METRIC = "ndcg@10"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +93,8 @@ def build_objective(job: Job, splits: Splits, store: Store, device, model: torch
     if job.objective in ("ce", "s3rec"):  # S3Rec fine-tunes with CE (its start: `initialise`)
         return CrossEntropy()
     if job.objective == "elecrec":
-        return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"))
+        return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"),
+                       generator_normalisation=dict(job.options).get("generator_normalisation", "targets"))
     teachers = [load_model(store, t, device) for t in job.teachers]
     options = dict(job.options)
     if job.objective == "training-level":
@@ -129,7 +129,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
     objective = build_objective(job, splits, store, device, model).to(device)
     exclude = job.data.resolved_exclude_history
 
-    validate = validator(splits.valid, exclude, SELECTION_METRIC, job.train.eval_batch_size,
+    validate = validator(splits.valid, exclude, job.train.selection_metric, job.train.eval_batch_size,
                          history=history_before_target(splits.data, "valid"))
     checkpoint = Path(work_dir) / job.key / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)

@@ -230,12 +230,15 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
 
 
 def elecrec_job(base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:
-    """ELECRec over SASRec (csrec.elecrec): its four weights (ELECRec's defaults where not given) and
-    the sharing type; it trains on whole sequences, so the `sequence` layout is required."""
+    """ELECRec over SASRec (csrec.elecrec): its four weights (ELECRec's defaults where not given), the
+    sharing type and the generator loss's normalisation (an option only when "padded": a run without
+    it is "targets", as before the option existed); the `sequence` layout is required."""
     check_sasrec_method("elecrec", base, "trains SASRec encoders as generator and discriminator")
     used = method_params("elecrec", params, ELECREC_DEFAULTS)
-    return dataclasses.replace(base, objective="elecrec", params=tuple(sorted(used.items())),
-                               options=(("model_shared_type", settings.model_shared_type),))
+    options = [("model_shared_type", settings.model_shared_type)]
+    if settings.generator_normalisation != "targets":  # "targets" keeps the keys made before the option
+        options.append(("generator_normalisation", settings.generator_normalisation))
+    return dataclasses.replace(base, objective="elecrec", params=tuple(sorted(used.items())), options=tuple(options))
 
 
 def pretraining_job(base: Job, params: dict[str, float], settings: TeacherSettings) -> Job:

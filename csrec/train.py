@@ -31,7 +31,8 @@ from csrec.objectives import CrossEntropy
 # Train-config fields that change how a job runs but not what it computes (left out of store keys).
 _RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
 # Config fields that change what is computed: a checkpoint written under other values cannot resume.
-_RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed", "layout", "batch_unit")
+_RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed", "layout", "batch_unit",
+                  "selection_metric")
 # What a config written before a field existed meant by its absence: the layouts came after the prefix
 # layout, and the default became `sequence` after that (a spec.yaml or checkpoint without `layout` is prefix).
 LEGACY_DEFAULTS = {"layout": "prefix", "batch_unit": "targets"}
@@ -51,6 +52,7 @@ class TrainConfig:
     progress: bool = True  # print one line per epoch
     layout: str = "sequence"  # "sequence": every prefix of a row from one pass | "prefix": each on its own (reference)
     batch_unit: str = "targets"  # sequence layout: batch_size counts "targets" or "sequences"
+    selection_metric: str = "ndcg@10"  # validation metric of the best epoch and of patience (ELECRec's authors: ndcg@20)
 
     @property
     def key_fields(self) -> dict:
@@ -59,6 +61,8 @@ class TrainConfig:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
         if self.layout == "prefix":
             del fields["layout"], fields["batch_unit"]
+        if self.selection_metric == "ndcg@10":  # keys made before the field existed
+            del fields["selection_metric"]
         return fields
 
     def __post_init__(self):
@@ -80,6 +84,9 @@ class TrainConfig:
         if self.batch_unit != "targets" and self.layout != "sequence":
             raise CSRecError("train.batch_unit 'sequences' applies to layout 'sequence' only (a prefix sample "
                              "is one target); set train.layout: sequence or remove batch_unit")
+        name, _, k = self.selection_metric.partition("@")
+        if name not in ("ndcg", "recall", "mrr") or not k.isdigit() or int(k) < 1:
+            raise CSRecError(f"train.selection_metric must be ndcg@K, recall@K or mrr@K, got {self.selection_metric!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise CSRecError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

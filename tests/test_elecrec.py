@@ -46,6 +46,41 @@ def test_generator_loss_is_full_softmax_cross_entropy_at_every_position():
     assert loss.item() == pytest.approx((-math.log(3 / 4) - math.log(1 / 3)) / 2, abs=1e-6)
 
 
+def test_padded_generator_loss_divides_the_real_positions_sum_by_the_padded_positions():
+    # The authors' nn.CrossEntropyLoss() mean over B x max_len: the same two terms, summed, over 10 positions.
+    logits = torch.tensor([[PADDING_SCORE, 0.0, math.log(3)], [PADDING_SCORE, math.log(2), 0.0]])
+    loss = generator_loss(logits, torch.tensor([2, 2]), padded_positions=10)
+    assert loss.item() == pytest.approx((-math.log(3 / 4) - math.log(1 / 3)) / 10, abs=1e-6)
+    # limiting case: rows without padding (T = B x max_len) give the per-target mean
+    assert generator_loss(logits, torch.tensor([2, 2]), 2).item() == pytest.approx(
+        generator_loss(logits, torch.tensor([2, 2])).item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("normalisation", ["padded", "targets"])
+def test_the_objective_normalises_the_generator_as_the_authors_unless_told(normalisation):
+    """Default "padded": generator CE summed over the T real positions / (B rows x max_len), whatever
+    width the batch was cut to; the discriminator's BCE is a mean over the real positions either way."""
+    data = make_sequence_data(n_sequences=12, max_len=6, seed=2)
+    model = small_sasrec(data, dropout=0.0, attention_dropout=0.0)
+    objective = ELECRec(model, sample_ratio=0.5) if normalisation == "padded" else \
+        ELECRec(model, sample_ratio=0.5, generator_normalisation="targets")
+    batch = first_batch(data, rows=5)
+    torch.manual_seed(0)
+    out = objective.losses(batch)
+    hidden = objective.generator.encode_positions(batch.item_seq)[batch.positions]  # [T, H]
+    per_target = torch.nn.functional.cross_entropy(objective.generator.scores(hidden), batch.targets)
+    share = len(batch.targets) / (5 * data.max_len) if normalisation == "padded" else 1.0
+    assert share < 1 or normalisation == "targets"
+    assert out["generator"].item() == pytest.approx(per_target.item() * share, rel=1e-5)
+    head = objective.head(objective.discriminator.encode_positions(
+        torch.zeros_like(batch.item_seq).index_put_(tuple(batch.positions.nonzero().T), out["items"])
+    )[batch.positions]).squeeze(-1)
+    assert out["discriminator"].item() == pytest.approx(
+        discriminator_loss(head, out["items"] == batch.targets).item(), rel=1e-5)
+    with pytest.raises(CSRecError, match="generator_normalisation must be one of padded, targets"):
+        ELECRec(model, generator_normalisation="mean")
+
+
 def test_discriminator_loss_is_sigmoid_bce_of_real_against_replaced():
     # real at logit 0: -log sigmoid(0) = ln 2; replaced at logit ln 3: -log(1 - 3/4) = ln 4.
     loss = discriminator_loss(torch.tensor([0.0, math.log(3)]), torch.tensor([True, False]))
@@ -207,8 +242,13 @@ def test_the_job_has_no_teachers_and_elecrecs_defaults(data_config):
     assert job.objective == "elecrec" and job.role == "student" and dependencies(job) == []
     assert dict(job.params) == ELECREC_DEFAULTS | {"sample_ratio": 0.45}
     assert job.option("model_shared_type") == "full"
+    assert job.option("generator_normalisation") == "padded"  # the authors', by default
     other = student_job("elecrec", base, {"sample_ratio": 0.45}, TeacherSettings())
     assert other.key != job.key  # the sharing type is part of the key
+    # "targets" (the first version's) is no option at all: its keys are those of the runs made before
+    targets = student_job("elecrec", base, {"sample_ratio": 0.45},
+                          TeacherSettings(model_shared_type="full", generator_normalisation="targets"))
+    assert dict(targets.options) == {"model_shared_type": "full"} and targets.key != job.key
     assert set(GRID_PARAMS["elecrec"]) == set(ELECREC_DEFAULTS)
     assert {k: getattr(SearchSpace(), k) for k in ELECREC_DEFAULTS} == {k: (v,) for k, v in ELECREC_DEFAULTS.items()}
 
@@ -252,6 +292,39 @@ def test_a_spec_grid_over_elecrecs_parameters(tmp_path):
     assert [j.objective for j in plan.teachers] == ["ce"]  # the Base run only: ELECRec needs no teacher
 
 
+@pytest.mark.parametrize("name, expected, shared", [
+    ("beauty", {"sample_ratio": 0.45, "prob_power": 1.0, "gen_loss_weight": 1.0, "dis_loss_weight": 0.6}, "full"),
+    ("yelp", {"sample_ratio": 0.8, "prob_power": 4.4, "gen_loss_weight": 1.0, "dis_loss_weight": 0.7}, "embed_only"),
+])
+def test_a_spec_names_the_authors_preset(tmp_path, name, expected, shared):
+    spec = load_spec(write_smoke_spec(
+        tmp_path, "e", models=["sasrec"], methods=["elecrec"], seeds=[0], search={"elecrec": {"preset": name}},
+        model_overrides={}, train={"max_epochs": 1, "layout": "sequence", "selection_metric": "ndcg@20",
+                                   "patience": 40, "progress": False}))
+    (trial,) = make_plan(spec).trials
+    assert dict(trial.job.params) == expected
+    assert dict(trial.job.options) == {"model_shared_type": shared, "generator_normalisation": "padded"}
+    assert spec.train.selection_metric == "ndcg@20" and spec.train.patience == 40
+    assert trial.job.config()["train"]["selection_metric"] == "ndcg@20"
+    # a value the spec gives wins over the preset's
+    spec = load_spec(write_smoke_spec(
+        tmp_path, "f", models=["sasrec"], methods=["elecrec"], seeds=[0], model_overrides={},
+        search={"elecrec": {"preset": name, "sample_ratio": [0.5]}}, teachers={"generator_normalisation": "targets"},
+        train={"max_epochs": 1, "layout": "sequence", "progress": False}))
+    (trial,) = make_plan(spec).trials
+    assert dict(trial.job.params) == expected | {"sample_ratio": 0.5}
+    assert dict(trial.job.options) == {"model_shared_type": shared}
+
+
+def test_unknown_presets_and_selection_metrics_are_refused(tmp_path):
+    with pytest.raises(CSRecError, match="preset 'amazon' is unknown; known: beauty, yelp"):
+        load_spec(write_smoke_spec(tmp_path, "e", models=["sasrec"], methods=["elecrec"],
+                                   search={"elecrec": {"preset": "amazon"}}))
+    with pytest.raises(CSRecError, match="selection_metric must be"):
+        TrainConfig(selection_metric="auc")
+    assert "selection_metric" not in TrainConfig().key_fields  # the default: keys as before the field
+
+
 # ---- the command line --------------------------------------------------------------------------------
 
 def _train(tmp_path, *extra):
@@ -266,7 +339,8 @@ def test_launch_train_method_elecrec(tmp_path, capsys):
     assert launch.main(args) == 0
     out = tmp_path / "out"
     config = json.loads((out / "config.json").read_text())
-    assert config["job"]["objective"] == "elecrec" and config["job"]["options"] == {"model_shared_type": "full"}
+    assert config["job"]["objective"] == "elecrec"
+    assert config["job"]["options"] == {"model_shared_type": "full", "generator_normalisation": "padded"}
     assert config["job"]["params"] == {"sample_ratio": 0.45, "prob_power": 1.0, "gen_loss_weight": 1.0,
                                        "dis_loss_weight": 0.6}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -274,7 +348,18 @@ def test_launch_train_method_elecrec(tmp_path, capsys):
     assert "elecrec" in capsys.readouterr().out
 
 
+def test_launch_train_elecrec_preset_and_selection_metric(tmp_path):
+    args = _train(tmp_path, "--method", "elecrec", "--layout", "sequence", "--preset", "yelp", "--dis-loss-weight",
+                  "0.5", "--selection-metric", "ndcg@20", "--patience", "40")
+    assert launch.main(args) == 0
+    job = json.loads((tmp_path / "out" / "config.json").read_text())["job"]
+    assert job["params"] == {"sample_ratio": 0.8, "prob_power": 4.4, "gen_loss_weight": 1.0, "dis_loss_weight": 0.5}
+    assert job["options"] == {"model_shared_type": "embed_only", "generator_normalisation": "padded"}
+    assert job["train"]["selection_metric"] == "ndcg@20" and job["train"]["patience"] == 40
+
+
 @pytest.mark.parametrize("extra, names", [
+    (["--method", "base", "--preset", "beauty"], ["--preset applies to --method elecrec"]),
     (["--method", "elecrec", "--layout", "prefix"], ["train.layout: sequence"]),
     (["--method", "base", "--sample-ratio", "0.5"], ["--sample-ratio", "--method base"]),
 ])
