@@ -34,7 +34,7 @@ from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import PRETRAINING, Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
-from csrec.s3rec import S3RecPretraining, pretrain, pretraining_data, student_state
+from csrec.s3rec import FineTuningBCE, S3RecPretraining, pair_sequences, pretrain, pretraining_data, student_state
 from csrec.store import Store
 from csrec.tensorboard import EpochScalars
 from csrec.train import FitResult, fit, resolve_device, seed_everything
@@ -90,7 +90,9 @@ def build_objective(job: Job, splits: Splits, store: Store, device, model: torch
                     ) -> torch.nn.Module:
     """The loss `fit` minimises for this job, with its teachers loaded from the store. `model` is the
     job's model, which ELECRec's objective trains as its discriminator (beside its own generator)."""
-    if job.objective in ("ce", "s3rec"):  # S3Rec fine-tunes with CE (its start: `initialise`)
+    if job.objective == "s3rec" and dict(job.options).get("finetuning") == "bce":  # its start: `initialise`
+        return FineTuningBCE(splits.data.sequences, pair_sequences(splits.train), splits.data.n_items)
+    if job.objective in ("ce", "s3rec"):  # S3Rec's "ce" fine-tuning (no option: the first version's keys)
         return CrossEntropy()
     if job.objective == "elecrec":
         return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"),
@@ -143,7 +145,7 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
             on_epoch_end(record)
 
     try:
-        fitted = fit(model, splits.train, validate, train, objective, checkpoint, epoch_end)
+        fitted = fit(model, splits.train, validate, train, objective, checkpoint, epoch_end, owner=job.key)
     finally:
         if scalars is not None:
             scalars.close()
@@ -232,11 +234,15 @@ def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     if not checkpoint.is_file():
         raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated")
     try:  # a file of ours: the safe loader
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved, owner = payload["state"], payload.get("owner")
         best = saved["best_model"]
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CSRecError(f"{checkpoint} is unreadable ({first_line(error)}), so the stopped {job.describe()} "
                          "cannot be evaluated") from None
+    if owner != job.key:  # another job's weights (a copied file): never recorded as this point's
+        raise CSRecError(f"{checkpoint} was written for job {owner}, not {job.key}, so the stopped {job.describe()} "
+                         "cannot be evaluated from it")
     splits = splits_for(job)
     model = _restored(job, splits.data.n_items, splits.data.max_len, best, resolve_device("auto"))
     metrics, frame = _evaluate(job, model, splits)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import os
 import pickle
 import random
@@ -126,7 +127,7 @@ def seed_everything(seed: int) -> None:
 
 def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[nn.Module], float], config: TrainConfig,
         objective: nn.Module | None = None, checkpoint_path: Path | None = None,
-        on_epoch_end: Callable[[EpochRecord], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[EpochRecord], None] | None = None, owner: str = "") -> FitResult:
     """Train `model` on `train`, keep the epoch with the highest validate(model), load its weights.
 
     `train` is the layout's data: Samples for `prefix`, TrainSequences for `sequence` (see
@@ -137,6 +138,8 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
     exactly as an uninterrupted run would (same seed and device). A NaN or inf loss raises
     NonFiniteLossError and leaves the last complete epoch's checkpoint as it was. `on_epoch_end`
     runs after the epoch's checkpoint is written, so an exception there loses no finished epoch.
+    `owner` (csrec.jobs: the job's key) is written into the checkpoint, and a checkpoint of another
+    owner (a file copied from another job's work folder) is discarded, never resumed from.
     """
     if len(train) == 0:
         raise CSRecError("the training set is empty; check the data filters and the protocol")
@@ -152,7 +155,8 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
     state = _State(best_model=_copy(model), best_objective=_copy(objective))
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = _resume_or_discard(checkpoint_path, model, objective, optimizer, config, len(train), device) or state
+        state = _resume_or_discard(checkpoint_path, model, objective, optimizer, config, len(train), device,
+                                   owner) or state
     data = TrainingData(train, device)
     epoch = state.epoch
     while not state.stopped_early and epoch < config.max_epochs:
@@ -165,7 +169,7 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
         record = EpochRecord(epoch, loss, score, time.perf_counter() - started, max(score, state.best_score))
         state.update(record, model, objective, config.patience)
         if checkpoint_path is not None:
-            _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device)
+            _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device, owner)
         if config.progress:
             print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {score:.4f}  best {state.best_score:.4f} "
                   f"@ {state.best_epoch}  {record.seconds:.1f}s", flush=True)
@@ -239,13 +243,13 @@ def _copy(module: nn.Module) -> dict:
 
 
 def _save(path: Path, state: _State, model, objective, optimizer, config: TrainConfig, n_train: int,
-          device: torch.device) -> None:
+          device: torch.device, owner: str = "") -> None:
     """Write the checkpoint to a temporary file next to `path`, then rename: never half a file."""
     payload = {
         "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
         "state": {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
         | {"history": [dataclasses.asdict(r) for r in state.history]},
-        "config": dataclasses.asdict(config), "n_train": n_train,
+        "config": dataclasses.asdict(config), "n_train": n_train, "owner": owner,
         "rng": _rng_state(device),
     }
     save_atomic(payload, path)
@@ -271,13 +275,13 @@ class DamagedCheckpoint(Exception):
 
 
 def _resume_or_discard(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int,
-                       device: torch.device) -> "_State | None":
+                       device: torch.device, owner: str = "") -> "_State | None":
     """`_resume`; a damaged checkpoint is deleted with a warning and the modules, optimizer and RNGs
     are put back as they were, so that training starts from epoch 1 exactly as a first run would
     (a damaged file would otherwise fail every retry and every resume the same way)."""
     before = (_copy(model), _copy(objective), copy.deepcopy(optimizer.state_dict()), _rng_state(device))
     try:
-        return _resume(path, model, objective, optimizer, config, n_train)
+        return _resume(path, model, objective, optimizer, config, n_train, owner)
     except DamagedCheckpoint as error:
         model.load_state_dict(before[0])
         objective.load_state_dict(before[1])
@@ -288,23 +292,34 @@ def _resume_or_discard(path: Path, model, objective, optimizer, config: TrainCon
         return None
 
 
-def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int) -> _State:
-    """Load a checkpoint written by `_save` into the modules and return the run's state."""
+def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int, owner: str = "") -> _State:
+    """Load a checkpoint written by `_save` (for `owner`) into the modules and return the run's state."""
     try:
-        # weights_only: a checkpoint in a shared experiment directory must never run code when read.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        saved = payload["config"]
-        before = {k: saved.get(k, LEGACY_DEFAULTS.get(k, getattr(TrainConfig(), k))) for k in _RESUME_FIELDS}
-        saved_n_train = payload["n_train"]
+        # Read whole first: an OSError here is the storage's; torch.load on a path raises OSError
+        # (EINVAL) for a truncated file too, which is the file's damage and must not keep it.
+        raw = path.read_bytes()
     except (OSError, MemoryError) as error:  # the storage or the machine, not the file: keep it
         raise CSRecError(f"cannot read the work checkpoint {path} ({first_line(error)}); it is kept: "
                          "resume again once the storage is readable") from error
+    try:
+        # weights_only: a checkpoint in a shared experiment directory must never run code when read.
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        saved = payload["config"]
+        before = {k: saved.get(k, LEGACY_DEFAULTS.get(k, getattr(TrainConfig(), k))) for k in _RESUME_FIELDS}
+        saved_n_train = payload["n_train"]
+        saved_owner = payload.get("owner")
+    except MemoryError as error:  # the machine, not the file: keep it
+        raise CSRecError(f"cannot read the work checkpoint {path} ({first_line(error)}); it is kept: "
+                         "resume again with more free memory") from error
     except pickle.UnpicklingError as error:  # refused by the safe loader: never retried unsafely
         raise DamagedCheckpoint("it holds objects other than tensors and plain values (written before work "
                                 "checkpoints were made safe to load, or not by csrec); refused unread, since "
                                 "loading it could run code") from error
     except Exception as error:
         raise DamagedCheckpoint(first_line(error)) from error
+    if saved_owner != owner:  # another job's file (copied or moved here): its weights are not this job's
+        raise DamagedCheckpoint(f"it was written for job {saved_owner or '(unnamed: before checkpoints named their job)'}, "
+                                f"not for this one ({owner or 'unnamed'})")
     changed = [f"{k}: {before[k]} -> {getattr(config, k)}" for k in _RESUME_FIELDS if before[k] != getattr(config, k)]
     if changed or saved_n_train != n_train:
         what = ", ".join(changed) or f"training samples: {saved_n_train} -> {n_train}"

@@ -344,3 +344,58 @@ def test_a_request_no_node_can_hold_is_refused_before_anything_is_written(tmp_pa
     assert code == 2 and len(lines) == 1
     assert "trial_resources: cpu 8, gpu 0 per task, but no node of the Ray cluster has that much" in lines[0]
     assert not (tmp_path / "big").exists()
+
+
+# ---- work checkpoints (issue 24, points 1 and 2) -------------------------------------------------------
+
+def fit_tiny(checkpoint: Path, owner: str, interrupt_after: int | None = None):
+    """gru4rec fitted for 3 epochs on synthetic data, with a work checkpoint owned by `owner`."""
+    from conftest import make_sequence_data
+
+    from csrec.data.splits import training_sequences, validation_samples
+    from csrec.evaluate import validator
+    from csrec.models import build_model
+    from csrec.train import TrainConfig, fit, seed_everything
+
+    data = make_sequence_data()
+    config = TrainConfig(batch_size=32, learning_rate=1e-2, max_epochs=3, patience=100, device="cpu", progress=False)
+    seed_everything(7)
+    model = build_model("gru4rec", data.n_items, data.max_len, embedding_size=16, hidden_size=16)
+
+    def stop(record):
+        if record.epoch == interrupt_after:
+            raise KeyboardInterrupt
+
+    result = fit(model, training_sequences(data), validator(validation_samples(data), exclude_history=False), config,
+                 checkpoint_path=checkpoint, on_epoch_end=stop, owner=owner)
+    return [r.train_loss for r in result.history], {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("size", [5_000, 20_000, 50_000])
+def test_a_truncated_work_checkpoint_is_discarded_not_kept(tmp_path, size):
+    """torch.load raises OSError (EINVAL) for these cuts, which was taken for unreadable storage: the
+    file was kept and the trial failed on every resume. Now: discarded with a warning, a first run."""
+    reference = fit_tiny(tmp_path / "reference.pt", "job-a")
+    checkpoint = tmp_path / "work" / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(checkpoint, "job-a", interrupt_after=2)
+    whole = checkpoint.read_bytes()
+    assert len(whole) > size
+    checkpoint.write_bytes(whole[:size])
+    with pytest.warns(UserWarning, match=r"is damaged \(.*\); discarded, training starts from epoch 1"):
+        losses, weights = fit_tiny(checkpoint, "job-a")
+    assert losses == reference[0] and all(torch.equal(weights[k], v) for k, v in reference[1].items())
+
+
+def test_another_jobs_work_checkpoint_is_discarded_not_resumed(tmp_path):
+    """A checkpoint copied from another job's work folder (same model, data and train settings) was
+    resumed from without a word; it is bound to its job now."""
+    reference = fit_tiny(tmp_path / "reference.pt", "job-b")
+    checkpoint = tmp_path / "work" / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(checkpoint, "job-a", interrupt_after=2)
+    with pytest.warns(UserWarning, match="it was written for job job-a, not for this one \\(job-b\\)"):
+        losses, weights = fit_tiny(checkpoint, "job-b")
+    assert len(losses) == 3 and losses == reference[0]
+    assert all(torch.equal(weights[k], v) for k, v in reference[1].items())
+    assert torch.load(checkpoint, weights_only=True)["owner"] == "job-b"  # rewritten by its own job

@@ -219,10 +219,14 @@ def test_an_unreadable_checkpoint_is_kept_and_said(splits, tmp_path, monkeypatch
     checkpoint = tmp_path / "last.pt"
     run(data, train, valid, checkpoint, TrainConfig(max_epochs=1, **CPU))
 
-    def unreadable(*args, **kwargs):
-        raise OSError(5, "Input/output error")
+    read_bytes = Path.read_bytes
 
-    monkeypatch.setattr(torch, "load", unreadable)
+    def unreadable(path, *args, **kwargs):
+        if path == checkpoint:
+            raise OSError(5, "Input/output error")
+        return read_bytes(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
     with pytest.raises(CSRecError, match="cannot read the work checkpoint .* it is kept"):
         run(data, train, valid, checkpoint, TrainConfig(max_epochs=2, **CPU))
     assert checkpoint.is_file()
