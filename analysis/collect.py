@@ -232,7 +232,8 @@ def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for r in records:
         params = r.get("params", {})
         ident = {"key": r["key"], "dataset": r["dataset"], "model": r["model"], "method": r["method"],
-                 "config": config_label(params), "seed": int(r["seed"]), "stage": r["stage"]}
+                 "config": config_label(params) + (f" finetuning={r['finetuning']}" if r.get("finetuning") else ""),
+                 "seed": int(r["seed"]), "stage": r["stage"]}
         hyper = {name: np.nan if params.get(name) is None else float(params[name]) for name in param_names}
         stopped = r.get("stopped", {}).get("epochs", np.nan)  # csrec.runner.trials.record_stopped
         trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch"), "stopped_epochs": stopped})

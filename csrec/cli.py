@@ -116,6 +116,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                                                                      "checkpoint)")
     r.add_argument("--pretrain-batch-size", type=int, default=100, help="prefixes per pretraining Adam step (100)")
 
+    r.add_argument("--finetuning", choices=["bce", "ce"], default="bce",
+                   help="fine-tuning objective: bce, one negative outside the user's sequence (the authors'), or ce, "
+                        "full-softmax cross entropy")
+
 
 def _run_train(args: argparse.Namespace) -> int:
     from csrec.config import TeacherSettings, resolve_attributes
@@ -159,7 +163,7 @@ def _run_train(args: argparse.Namespace) -> int:
                                model_shared_type=args.model_shared_type or "embed_only",
                                generator_normalisation=args.generator_normalisation or "padded",
                                pretrain_epochs=args.pretrain_epochs,
-                               pretrain_batch_size=args.pretrain_batch_size)
+                               pretrain_batch_size=args.pretrain_batch_size, s3rec_finetuning=args.finetuning)
     params = {k: getattr(args, k) for k in GRID_PARAMS[args.method] if getattr(args, k) is not None}
     if args.preset is not None:  # the ELECRec authors' script, under the options given
         from csrec.elecrec import SETTINGS, preset

@@ -172,6 +172,9 @@ class TeacherSettings:
     # elecrec: the generator CE's denominator: "padded" the B x max_len positions of the batch's rows
     # (the authors'), "targets" its real positions (csrec.elecrec).
     generator_normalisation: Literal["padded", "targets"] = "padded"
+    # s3rec: its fine-tuning objective: "bce" one negative outside the user's sequence (the authors'),
+    # "ce" full-softmax cross entropy (csrec.s3rec).
+    s3rec_finetuning: Literal["bce", "ce"] = "bce"
     # s3rec: its pretraining job's epochs and batch (prefixes per Adam step). The authors' published
     # checkpoints are from epoch 150 (Beauty) and 100 (Yelp); their batch is 100 (RecBole: 500 epochs).
     pretrain_epochs: int = 150

@@ -24,7 +24,8 @@ S3Rec (csrec.s3rec) has one, its pretraining (objective "s3rec-pretraining", rol
 seed drawn from SeedSequence([0, 3])), keyed by its data (with the attribute file's content), model,
 objective weights, mask ratio, epochs, batch size and learning rate only: every fine-tuning run of
 every seed and grid point with the same pretraining settings shares it. The fine-tuning job (role
-"student") starts from it and trains with cross entropy.
+"student") starts from it and trains with the authors' BCE (option finetuning: bce) or with cross
+entropy (no option: the keys of the first version).
 """
 
 from __future__ import annotations
@@ -215,8 +216,10 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
     """The student of `method` with grid point `params`, learning from its teacher module."""
     if method == "elecrec":
         return elecrec_job(base, params, settings)
-    if method == "s3rec":
-        return dataclasses.replace(base, objective="s3rec", teachers=teacher_jobs(method, base, params, settings))
+    if method == "s3rec":  # fine-tuning: "ce" is no option, so its keys are those made before the option
+        options = (("finetuning", settings.s3rec_finetuning),) if settings.s3rec_finetuning != "ce" else ()
+        return dataclasses.replace(base, objective="s3rec", options=options,
+                                   teachers=teacher_jobs(method, base, params, settings))
     check_params(method, params)
     if method == "base":
         return base

@@ -17,8 +17,16 @@ score with its own matrix W (the authors' `aap_norm`, `mip_norm`, `map_norm`, `s
 Total: aap_weight * AAP + mip_weight * MIP + map_weight * MAP + sp_weight * SP, one Adam.
 
 Fine-tuning (csrec.jobs) starts the student SASRec from the pretrained encoder and item embeddings
-(`student_state`) and trains it with the project's objective (cross entropy); the pretraining heads
-and attribute embeddings are left behind, as in the authors' run_finetune_full.py.
+(`student_state`); the pretraining heads and attribute embeddings are left behind, as in the
+authors' run_finetune_full.py. Its objective (`teachers.s3rec_finetuning`, part of the key):
+- "bce" (the authors', the default; `FineTuningBCE`): at every real position, with s the score of
+  the next item and s' that of one negative drawn uniformly among the items outside the user's
+  whole sequence (validation and test items included, as their `neg_sample(set(items))`),
+  -log sigmoid(s) - log(1 - sigmoid(s')), averaged over the real positions (trainers.py
+  `FinetuneTrainer.cross_entropy`); they select on validation NDCG@20 with patience 10
+  (train.selection_metric, train.patience);
+- "ce": full-softmax cross entropy over the catalogue (the project's objective; the first version's,
+  whose keys it keeps).
 
 Facts from the authors' code (RUCAIBox/CIKM2020-S3Rec: models.py `pretrain`, datasets.py
 `PretrainDataset`, run_pretrain.py), which this follows:
@@ -82,6 +90,60 @@ def pairwise_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tenso
     """MIP / SP: -log sigmoid(sigmoid(positive) - sigmoid(negative)), scores [P] -> summed scalar
     (the authors' BCE of sigmoid(F(pos) - F(neg)) against 1, F = sigmoid of the bilinear score)."""
     return -F.logsigmoid(torch.sigmoid(positive) - torch.sigmoid(negative)).sum()
+
+
+FINETUNING = ("bce", "ce")  # the fine-tuning objectives (module docstring)
+
+
+def finetuning_bce(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """The authors' fine-tuning loss: scores of the next items positive [T] and of one negative each
+    negative [T] -> mean over T of -log sigmoid(positive) - log(1 - sigmoid(negative))."""
+    return (F.softplus(-positive) + F.softplus(negative)).mean()
+
+
+class FineTuningBCE(nn.Module):
+    """The authors' fine-tuning objective (module docstring): `fit`'s logits [T, N] of the T pairs,
+    one negative per pair drawn outside the pair's whole sequence.
+
+    sequences: every sequence of the data (item ids); pair_sequence [n_pairs]: the sequence of each
+    training pair, indexed by the pair numbers of the batches (`Batch.index`)."""
+
+    def __init__(self, sequences: list[np.ndarray], pair_sequence: np.ndarray, n_items: int):
+        super().__init__()
+        self.n_items = n_items
+        lengths = np.array([len(x) for x in sequences], dtype=np.int64)
+        owner = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths)
+        # (sequence, item) as one sorted int64 code: membership is a searchsorted, on any device
+        codes = np.unique(owner * (n_items + 1) + np.concatenate(sequences).astype(np.int64))
+        self.register_buffer("codes", torch.from_numpy(codes), persistent=False)  # [sum of lengths] sorted
+        self.register_buffer("pair_sequence", torch.as_tensor(np.asarray(pair_sequence, np.int64)), persistent=False)
+
+    def negatives(self, index: torch.Tensor) -> torch.Tensor:
+        """One item per pair [T], uniform over 1..n_items outside the pair's sequence (rejection
+        sampling, NEGATIVE_DRAWS rounds; a sequence holding almost every item keeps its last draw)."""
+        base = self.pair_sequence[index] * (self.n_items + 1)  # [T]
+        draws = torch.randint(1, self.n_items + 1, index.shape, device=index.device)  # [T]
+        for _ in range(NEGATIVE_DRAWS):
+            code = base + draws
+            position = torch.searchsorted(self.codes, code).clamp_(max=len(self.codes) - 1)
+            inside = self.codes[position] == code  # [T]
+            if not inside.any():
+                break
+            draws = torch.where(inside, torch.randint(1, self.n_items + 1, index.shape, device=index.device), draws)
+        return draws
+
+    def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        positive = logits.gather(1, batch.targets[:, None]).squeeze(1)  # [T]
+        negative = logits.gather(1, self.negatives(batch.index)[:, None]).squeeze(1)  # [T]
+        return finetuning_bce(positive.float(), negative.float())
+
+
+def pair_sequences(train) -> np.ndarray:
+    """The sequence of every training pair, in pair order: Samples -> sequence_index; TrainSequences
+    -> each row's sequence repeated over its pairs (pairs are numbered row by row)."""
+    if hasattr(train, "pair_index"):
+        return np.repeat(np.asarray(train.sequence_index), np.asarray(train.lengths))
+    return np.asarray(train.sequence_index)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,12 @@ from csrec.methods import GRID_PARAMS, PRETRAINING, S3REC_DEFAULTS, base_job, de
 from csrec.models import SASRecConfig, build_model
 from csrec.runner import run_experiment
 from csrec.runner.plan import make_plan
-from csrec.s3rec import (PretrainingBatch, S3RecPretraining, attribute_loss, pairwise_loss, pretrain,
-                         pretraining_data, sample_batch, student_state, total_loss)
+from csrec.batching import TrainingData
+from csrec.data.splits import training_sequences
+from csrec.jobs import build_objective, splits_for
+from csrec.s3rec import (FineTuningBCE, PretrainingBatch, S3RecPretraining, attribute_loss, finetuning_bce,
+                         pair_sequences, pairwise_loss, pretrain, pretraining_data, sample_batch, student_state,
+                         total_loss)
 from csrec.store import Store
 from csrec.train import TrainConfig
 from tests.conftest import make_sequence_data, write_smoke_spec
@@ -235,6 +239,70 @@ def test_pretrained_once_then_reused_and_fine_tuning_starts_from_it(tmp_path, sm
     fresh = build_model("sasrec", saved["n_items"], 8, embedding_size=8, inner_size=16)
     initialise(s3rec_jobs(config)[0].teachers[0], fresh, store)  # not s3rec's fine-tuning: left as built
     assert not torch.equal(fresh.item_embedding.weight, student.item_embedding.weight)
+
+
+# ---- fine-tuning: the authors' BCE or cross entropy ----------------------------------------------
+
+def test_finetuning_bce_is_the_authors_pointwise_loss_with_one_negative():
+    # positive 0 and negative 0: ln 2 each; positive ln 3 (p = 3/4) and negative -ln 3 (p = 1/4): -ln(3/4) each
+    loss = finetuning_bce(torch.tensor([0.0, math.log(3)]), torch.tensor([0.0, -math.log(3)]))
+    assert loss.item() == pytest.approx((2 * math.log(2) + 2 * math.log(4 / 3)) / 2, abs=1e-6)
+    # limiting case: a confident, right model costs nothing
+    assert finetuning_bce(torch.tensor([40.0]), torch.tensor([-40.0])).item() < 1e-12
+
+
+def test_finetuning_negatives_lie_outside_the_users_whole_sequence_uniformly():
+    """The authors draw outside set(items), the user's whole sequence: validation and test items too."""
+    torch.manual_seed(0)
+    sequences = [np.array([1, 2, 3, 4, 5, 6, 7, 8]), np.array([9, 10, 1, 2])]  # items 1..10
+    objective = FineTuningBCE(sequences, np.array([0, 0, 0, 0, 0, 1, 1]), n_items=10)
+    index = torch.tensor([0, 1, 2, 3, 4] * 4000)  # pairs of sequence 0: only 9 and 10 are outside
+    draws = objective.negatives(index)
+    assert set(draws.tolist()) == {9, 10} and (draws == 9).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    draws = objective.negatives(torch.tensor([5, 6] * 4000))  # sequence 1: the six items 3..8
+    assert set(draws.tolist()) == set(range(3, 9))
+
+
+def test_finetuning_bce_reads_the_targets_and_negatives_scores():
+    data = make_sequence_data(n_sequences=12, max_len=6, seed=2)
+    train = training_sequences(data)
+    objective = FineTuningBCE(data.sequences, pair_sequences(train), data.n_items)
+    batch = next(TrainingData(train, torch.device("cpu")).batches(5, "sequences", 0, 1))
+    logits = torch.randn(len(batch.targets), data.n_items + 1)
+    torch.manual_seed(1)
+    loss = objective(logits, batch)
+    torch.manual_seed(1)
+    negative = objective.negatives(batch.index)
+    rows = torch.arange(len(batch.targets))
+    expected = -(torch.log(torch.sigmoid(logits[rows, batch.targets])) + torch.log(1 - torch.sigmoid(logits[rows, negative])))
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    # pair numbers map to their sequences: no negative is an item of its pair's sequence
+    sequence = pair_sequences(train)[batch.index.numpy()]
+    assert all(int(n) not in set(data.sequences[s].tolist()) for n, s in zip(negative, sequence))
+
+
+def test_s3rec_fine_tunes_with_bce_by_default_and_ce_keeps_the_first_versions_keys(tiny_data_config, tmp_path):
+    config = DataConfig(**{**tiny_data_config.__dict__, "attributes": str(write_attributes(tmp_path / "a.json", range(6)))})
+    bce, pretraining = s3rec_jobs(config)
+    ce, same_pretraining = s3rec_jobs(config, settings=TeacherSettings(s3rec_finetuning="ce"))
+    assert dict(bce.options) == {"finetuning": "bce"} and ce.options == () and pretraining.key == same_pretraining.key
+    assert bce.key != ce.key
+    splits = splits_for(bce)
+    assert isinstance(build_objective(bce, splits, None, "cpu"), FineTuningBCE)
+    assert type(build_objective(ce, splits, None, "cpu")).__name__ == "CrossEntropy"
+
+
+def test_the_trial_record_and_the_tables_config_name_the_finetuning_objective(tmp_path, smoke_attributes):
+    from analysis.collect import _tidy
+    spec = load_spec(write_smoke_spec(tmp_path, "s", models=["sasrec"], methods=["s3rec"], model_overrides={},
+                                      datasets={"smoke": {"path": str(SMOKE_DATA), "max_len": 8,
+                                                          "attributes": str(smoke_attributes)}},
+                                      train={"layout": "sequence", "max_epochs": 1}))
+    (trial,) = make_plan(spec).trials
+    record = trial.record()
+    assert record["finetuning"] == "bce"
+    _, trials = _tidy([record | {"valid": {}, "test": {}}])
+    assert trials["config"].tolist()[0].endswith("finetuning=bce")
 
 
 # ---- attributes: missing or malformed --------------------------------------------------------------

@@ -43,8 +43,11 @@ class Trial:
     def record(self) -> dict:
         """What result.json says about the trial besides its metrics (docs/FORMATS.md)."""
         params = {"alpha": None, "beta": None, "temperature": None} | dict(self.params)
-        return {"dataset": self.dataset, "model": self.model, "method": self.method, "seed": self.seed,
-                "stage": self.stage, "params": params, "key": self.job.key}
+        record = {"dataset": self.dataset, "model": self.model, "method": self.method, "seed": self.seed,
+                  "stage": self.stage, "params": params, "key": self.job.key}
+        if self.method == "s3rec":  # its fine-tuning objective, named in the tables' configurations
+            record["finetuning"] = dict(self.job.options).get("finetuning", "ce")
+        return record
 
 
 @dataclass
