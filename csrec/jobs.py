@@ -34,7 +34,7 @@ from csrec.evaluate import evaluate, history_before_target, validator
 from csrec.methods import PRETRAINING, Job
 from csrec.models import build_model, model_config
 from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, TrainingLevelTeacher, popularity_teacher
-from csrec.s3rec import S3RecPretraining, pretrain, pretraining_data, student_state
+from csrec.s3rec import FineTuningBCE, S3RecPretraining, pair_sequences, pretrain, pretraining_data, student_state
 from csrec.store import Store
 from csrec.tensorboard import EpochScalars
 from csrec.train import FitResult, fit, resolve_device, seed_everything
@@ -90,7 +90,9 @@ def build_objective(job: Job, splits: Splits, store: Store, device, model: torch
                     ) -> torch.nn.Module:
     """The loss `fit` minimises for this job, with its teachers loaded from the store. `model` is the
     job's model, which ELECRec's objective trains as its discriminator (beside its own generator)."""
-    if job.objective in ("ce", "s3rec"):  # S3Rec fine-tunes with CE (its start: `initialise`)
+    if job.objective == "s3rec" and dict(job.options).get("finetuning") == "bce":  # its start: `initialise`
+        return FineTuningBCE(splits.data.sequences, pair_sequences(splits.train), splits.data.n_items)
+    if job.objective in ("ce", "s3rec"):  # S3Rec's "ce" fine-tuning (no option: the first version's keys)
         return CrossEntropy()
     if job.objective == "elecrec":
         return ELECRec(model, **dict(job.params), model_shared_type=job.option("model_shared_type"),
