@@ -203,16 +203,25 @@ def checked_copy(source: Path | RemotePath, target: Path, digest: str) -> None:
 def fetch(folder: Path | RemotePath) -> Path:
     """A complete artifact's files on this node: a local folder as it is; a remote one copied into
     the cache, keyed by the sha256 of its meta.json (which names every file's digest), each file
-    checked against its digest (ValueError when one does not match). Copied once per node."""
+    checked against its digest (ValueError when one does not match). Copied once per node; a cached
+    file that no longer matches its digest is fetched again, with a warning."""
     if not isinstance(folder, RemotePath):
         return folder
     meta_bytes = (folder / META).read_bytes()
     target = storage.cache_dir() / "artifacts" / hashlib.sha256(meta_bytes).hexdigest()[:32]
-    if (target / META).is_file():  # written last: the files before it are complete and checked
+    files = json.loads(meta_bytes)["files"]
+    # Every cached file is checked again at each use (a hash of a few MB, no request): the node's
+    # disk can change a file after it was fetched, and a damaged copy would fail every trial.
+    cached = {name for name in files if (target / name).is_file() and file_sha256(target / name) == files[name]}
+    if len(cached) == len(files) and (target / META).is_file():  # meta.json written last: complete
         return target
+    if (target / META).is_file():
+        warnings.warn(f"cache: {', '.join(sorted(set(files) - cached))} of {target} no longer matches its checksum "
+                      f"(this node's disk); fetched again from {folder}")
+        (target / META).unlink(missing_ok=True)
     target.mkdir(parents=True, exist_ok=True)
-    for name, digest in json.loads(meta_bytes)["files"].items():
-        if (target / name).is_file():
+    for name, digest in files.items():
+        if name in cached:
             continue
         tmp = target / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         try:

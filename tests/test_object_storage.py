@@ -443,3 +443,21 @@ def test_train_with_its_store_on_s3_trains_a_model_once(s3, tmp_path, capsys):
     assert code == 0 and first.splitlines()[-3:] == second.splitlines()[-3:]  # the same metrics, from the store
     assert {k: Store(f"{s3}/train-store").meta("models", k)["created"] for k in created_before} == created_before
     assert (tmp_path / "b" / "per_user.parquet").read_bytes() == (tmp_path / "a" / "per_user.parquet").read_bytes()
+
+
+def test_a_damaged_file_in_the_nodes_cache_is_fetched_again_not_loaded(tmp_path, monkeypatch):
+    """Issue 24, point 3: a cached model.pt filled with random bytes failed every trial on every resume
+    ("holds objects other than tensors"); the cache is checked at each use and a damaged copy fetched again."""
+    monkeypatch.setenv("CSREC_CACHE", str(tmp_path))
+    store = Store("memory://csrec-test/cache")
+    weights = os.urandom(4096)
+    store.write("models", "k", {"x": 1}, lambda d: (d / "model.pt").write_bytes(weights))
+    cached = store.require("models", "k", "the teacher") / "model.pt"
+    assert cached.read_bytes() == weights and str(cached).startswith(str(tmp_path))
+    cached.write_bytes(os.urandom(4096))  # the node's disk, after the fetch
+    with pytest.warns(UserWarning, match=r"cache: model.pt of .* no longer matches its checksum .*; fetched again"):
+        again = store.require("models", "k", "the teacher") / "model.pt"
+    assert again == cached and again.read_bytes() == weights
+    cached.unlink()  # a cached file gone: fetched again too
+    with pytest.warns(UserWarning, match="no longer matches its checksum"):
+        assert store.require("models", "k", "the teacher").joinpath("model.pt").read_bytes() == weights
