@@ -39,13 +39,13 @@ def small_model(name: str, data: SequenceData, seed: int = 0):
 # ---- data --------------------------------------------------------------------------------------
 
 def test_rows_hold_the_prefix_layouts_pairs_in_its_order():
-    # Train parts: [1..10] (9 pairs: rows of 4, 4, 1 at max_len 4), [1, 2] (1 pair), [5] (no pair).
+    # Train parts: [1..10] (9 pairs: rows of 1, 4, 4 at max_len 4, aligned to the end), [1, 2] (1 pair), [5] (none).
     data = hand_data([list(range(1, 13)), [1, 2, 3, 4], [5, 6, 7]], max_len=4)
     rows = training_sequences(data)
-    assert rows.item_seq.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 0, 0, 0], [1, 0, 0, 0]]
-    assert rows.targets.tolist() == [[2, 3, 4, 5], [6, 7, 8, 9], [10, 0, 0, 0], [2, 0, 0, 0]]
-    assert rows.lengths.tolist() == [4, 4, 1, 1] and rows.sequence_index.tolist() == [0, 0, 0, 1]
-    assert rows.pair_index.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, -1, -1, -1], [9, -1, -1, -1]]
+    assert rows.item_seq.tolist() == [[1, 0, 0, 0], [2, 3, 4, 5], [6, 7, 8, 9], [1, 0, 0, 0]]
+    assert rows.targets.tolist() == [[2, 0, 0, 0], [3, 4, 5, 6], [7, 8, 9, 10], [2, 0, 0, 0]]
+    assert rows.lengths.tolist() == [1, 4, 4, 1] and rows.sequence_index.tolist() == [0, 0, 0, 1]
+    assert rows.pair_index.tolist() == [[0, -1, -1, -1], [1, 2, 3, 4], [5, 6, 7, 8], [9, -1, -1, -1]]
     samples = training_samples(data)
     assert len(rows) == len(samples) == 10
     real = rows.targets > 0
@@ -63,11 +63,22 @@ def test_every_pair_has_the_prefix_layouts_input_up_to_max_len(protocol, max_len
         k = pair[r, t]
         context = rows.item_seq[r, :t + 1]
         expected = samples.item_seq[k, :samples.lengths[k]]
-        if samples.lengths[k] < max_len or t + 1 == max_len:  # the same context: the whole prefix
+        # the prefix layout's context up to max_len: its last t + 1 items, all of them in a sequence's
+        # first row (which starts at the history's first item) or at a full row's last position
+        assert context.tolist() == expected[-(t + 1):].tolist()
+        first_row = r == np.flatnonzero(rows.sequence_index == rows.sequence_index[r])[0]
+        if first_row or t + 1 == max_len:
             assert context.tolist() == expected.tolist()
-        else:  # a prefix longer than max_len starts at its row's first item (module docstring)
-            assert context.tolist() == expected[-(t + 1):].tolist()
         assert rows.targets[r, t] == samples.targets[k]
+    # Rows aligned to the end of each history: every row but a sequence's first is full, so the last
+    # training pair (the one before the validation target) has the prefix layout's whole context.
+    for s in np.unique(rows.sequence_index):
+        own = np.flatnonzero(rows.sequence_index == s)
+        assert all(rows.lengths[own[1:]] == max_len)
+        last = pair[own[-1], rows.lengths[own[-1]] - 1]
+        assert rows.item_seq[own[-1], :rows.lengths[own[-1]]].tolist()[-samples.lengths[last]:] == \
+            samples.item_seq[last, :samples.lengths[last]].tolist()
+        assert rows.lengths[own[-1]] == min(samples.lengths[last], max_len)
 
 
 # ---- models ------------------------------------------------------------------------------------

@@ -8,11 +8,13 @@ Inputs keep their last `max_len` items and are right-padded with 0 (real items f
 vectorised over one flat array of all items, so Yelp's ~316k interactions take a fraction of a second.
 
 The `sequence` layout (`training_sequences`) holds the same (prefix, next item) pairs as rows that
-are encoded once each: a train part's inputs train[0 .. len(train) - 2], cut into rows of max_len.
-Every prefix of up to max_len items is then exactly the `prefix` layout's input. A longer prefix
-(only under `user_loo`, in histories longer than max_len + 2) starts at its row's first item, not
-max_len items back: its context is between 1 and max_len items where the `prefix` layout's is
-max_len (as in SASRec's, S3Rec's and ELECRec's own training, which keep only the last max_len).
+are encoded once each: a train part's inputs train[0 .. len(train) - 2], cut into rows of max_len
+aligned to the end (the last row holds the last max_len inputs; the oldest remainder is the first
+row). Every prefix of up to max_len items is then exactly the `prefix` layout's input. A longer
+prefix (only under `user_loo`, in histories longer than max_len + 2) starts at its row's first
+item: its context is the last 1..max_len items of the `prefix` layout's input, and the most recent
+max_len pairs sit in one full row, with the contexts SASRec's, S3Rec's and ELECRec's own training
+gives them (they keep the last max_len items); the last training pair has its full context.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def training_sequences(data: SequenceData, sequence_indices: np.ndarray | None =
     sequence = np.repeat(chosen, rows_per_sequence)  # [R]
     first_row = np.cumsum(rows_per_sequence) - rows_per_sequence  # [S']
     chunk = np.arange(rows_per_sequence.sum()) - np.repeat(first_row, rows_per_sequence)  # [R] row within its sequence
-    lengths = np.minimum(np.repeat(n_targets, rows_per_sequence) - chunk * width, width)  # [R]
-    start = offsets[sequence] + chunk * width  # [R] flat index of each row's first input
+    # Aligned to the end: the first row of a sequence holds the remainder, every later row max_len.
+    remainder = np.repeat(n_targets - (rows_per_sequence - 1) * width, rows_per_sequence)  # [R] in 1..width
+    lengths = np.where(chunk == 0, remainder, width)  # [R]
+    start = offsets[sequence] + np.where(chunk == 0, 0, remainder + (chunk - 1) * width)  # [R] first input's flat index
     column = np.arange(width)  # [L]
     real = column[None, :] < lengths[:, None]  # [R, L]
     padded = np.append(flat, 0)  # padded[len(flat)] is the padding id 0
