@@ -151,6 +151,64 @@ def test_dropout_is_off_in_eval_and_on_in_training(name):
             assert not torch.equal(m(items, lengths), m(items, lengths))
 
 
+# Each model's dropout modules, and how often each acts in one train-mode `encode_positions` pass.
+DROPOUT_CALLS = {
+    "gru4rec": {"embedding_dropout": 1},
+    "nextitnet": {},  # RecBole and the reference have none
+    "narm": {"embedding_dropout": 1, "context_dropout": 1},
+    "sasrec": {"embedding_dropout": 1, "layers.0.dropout": 2, "layers.1.dropout": 2},  # + attention (below)
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_dropout_acts_in_encode_positions_in_training_only(name):
+    """A hook on every nn.Dropout: removing one from encode_positions (the sequence layout's path)
+    fails here; each call zeroes about its p of the entries, and none in eval mode."""
+    m = model(name)
+    calls, zeroed = {}, {}
+
+    def hook(label, p):
+        def record(module, inputs, output):
+            calls[label] = calls.get(label, 0) + 1
+            real = inputs[0] != 0
+            zeroed.setdefault(label, []).append(((output == 0) & real).sum().item() / max(real.sum().item(), 1))
+        return record
+
+    for label, module in m.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(hook(label, module.p))
+    items, _ = batch(size=64)
+    m.train()
+    torch.manual_seed(0)
+    m.encode_positions(items)
+    assert calls == DROPOUT_CALLS[name]
+    for label, shares in zeroed.items():
+        p = dict(m.named_modules())[label].p
+        assert all(share == pytest.approx(p, abs=0.06) for share in shares), (label, shares)
+    calls.clear(), zeroed.clear()
+    m.eval()
+    m.encode_positions(items)
+    assert all(share == 0 for shares in zeroed.values() for share in shares)
+
+
+@pytest.mark.parametrize("name, rate", [("sasrec", "attention_dropout")] + [
+    (name, rate) for name in MODELS for rate in dataclasses.asdict(model_config(name)) if rate.endswith("dropout")])
+def test_each_dropout_rate_alone_makes_training_passes_random(name, rate):
+    """Only `rate` above 0: two train-mode passes differ (SASRec's attention dropout, inside the fused
+    kernel, has no module to hook), eval-mode passes and the all-zero rates do not."""
+    rates = [r for r in dataclasses.asdict(model_config(name)) if r.endswith("dropout")]
+    items, _ = batch(size=16)
+    for p, differ in ((0.5, True), (0.0, False)):
+        m = model(name, **{r: 0.0 for r in rates} | {rate: p})
+        m.train()
+        torch.manual_seed(1)
+        first = m.encode_positions(items)
+        torch.manual_seed(2)
+        assert (not torch.allclose(first, m.encode_positions(items))) == differ, (rate, p)
+        m.eval()
+        assert torch.equal(m.encode_positions(items), m.encode_positions(items))
+
+
 def test_registry_holds_the_four_models_with_the_papers_defaults():
     assert list(MODELS) == ["gru4rec", "nextitnet", "narm", "sasrec"]
     for name, expected in PAPER_DEFAULTS.items():
