@@ -175,6 +175,9 @@ class TeacherSettings:
     # s3rec: its fine-tuning objective: "bce" one negative outside the user's sequence (the authors'),
     # "ce" full-softmax cross entropy (csrec.s3rec).
     s3rec_finetuning: Literal["bce", "ce"] = "bce"
+    # s3rec: fine-tune from a registered published checkpoint (csrec.datasets.CHECKPOINTS, e.g.
+    # "s3rec-beauty", the authors' Beauty model) instead of this project's pretraining job.
+    s3rec_pretrained: str | None = None
     # s3rec: its pretraining job's epochs and batch (prefixes per Adam step). The authors' published
     # checkpoints are from epoch 150 (Beauty) and 100 (Yelp); their batch is 100 (RecBole: 500 epochs).
     pretrain_epochs: int = 150

@@ -116,6 +116,23 @@ REGISTRY: dict[str, Dataset] = {
 }
 
 
+# Published pretrained models, registered like data sets (shipped never; cached, else downloaded; sha256).
+CHECKPOINTS = {
+    "s3rec-beauty": Source(
+        "s3rec_beauty_epochs_150.pt",
+        "https://github.com/RUCAIBox/CIKM2020-S3Rec/raw/2a81540ae186/reproduce/Beauty-epochs-150.pt",
+        "a196408d383719bccd1898b5f3f879bd2cdf6490ad9ee21ce0291cae97bd0508", 3_750_013),
+}
+
+
+def resolve_checkpoint(name: str, log: Callable[[str], None] | None = None) -> Path:
+    """A registered checkpoint's name (CHECKPOINTS) -> its checked local file: cached, else
+    downloaded; offline, a CSRecError saying where to get it and where to put it."""
+    if name not in CHECKPOINTS:
+        raise CSRecError(f"'{name}' is not a registered checkpoint; known: {', '.join(CHECKPOINTS)}")
+    return locate(name, CHECKPOINTS[name]) or download(CHECKPOINTS[name], cache_dir(), log)
+
+
 def cache_dir() -> Path:
     """Where downloaded data sets are kept: $CSREC_DATA, else $XDG_CACHE_HOME/csrec, else ~/.cache/csrec."""
     if os.environ.get("CSREC_DATA"):

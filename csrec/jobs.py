@@ -155,8 +155,20 @@ def train_job(job: Job, store: Store, work_dir: Path, on_epoch_end: Callable | N
 
 
 def initialise(job: Job, model: torch.nn.Module, store: Store) -> None:
-    """S3Rec's fine-tuning starts from its pretrained encoder and item embeddings; others as built."""
-    if job.objective == "s3rec":
+    """S3Rec's fine-tuning starts from its pretrained encoder and item embeddings (this project's
+    pretraining job, or a registered published checkpoint, read weights-only); others as built."""
+    if job.objective == "s3rec" and "pretrained" in dict(job.options):
+        from csrec.datasets import resolve_checkpoint
+        from csrec.s3rec import authors_student_state
+        path = resolve_checkpoint(job.option("pretrained"))
+        state = authors_student_state(_read_weights(path), _load(job.data).item_tokens)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, IndexError) as error:
+            raise CSRecError(f"the checkpoint {job.option('pretrained')} does not fit this model or data "
+                             f"({first_line(error)}); its model is SASRec with model_overrides sasrec: {{inner_size: "
+                             "256, end_aligned_positions: 1}, on its own data set") from None
+    elif job.objective == "s3rec":
         saved = _read_weights(store.require(MODELS, job.teachers[0].key, "S3Rec's pretrained model") / "model.pt")
         model.load_state_dict(student_state(saved["state_dict"], model.n_items))
 

@@ -218,6 +218,14 @@ def student_job(method: str, base: Job, params: dict[str, float], settings: Teac
         return elecrec_job(base, params, settings)
     if method == "s3rec":  # fine-tuning: "ce" is no option, so its keys are those made before the option
         options = (("finetuning", settings.s3rec_finetuning),) if settings.s3rec_finetuning != "ce" else ()
+        if settings.s3rec_pretrained is not None:  # a published checkpoint (csrec.datasets.CHECKPOINTS): no job
+            from csrec.datasets import CHECKPOINTS
+            if settings.s3rec_pretrained not in CHECKPOINTS:
+                raise CSRecError(f"teachers.s3rec_pretrained: '{settings.s3rec_pretrained}' is not a registered "
+                                 f"checkpoint; known: {', '.join(CHECKPOINTS)}")
+            check_sasrec_method("s3rec", base, "fine-tunes a SASRec")
+            options += (("pretrained", settings.s3rec_pretrained),)
+            return dataclasses.replace(base, objective="s3rec", options=options)
         return dataclasses.replace(base, objective="s3rec", options=options,
                                    teachers=teacher_jobs(method, base, params, settings))
     check_params(method, params)

@@ -284,6 +284,34 @@ def student_state(pretrained: dict[str, torch.Tensor], n_items: int) -> dict[str
     return state
 
 
+_AUTHORS_LAYER = {"attention.dense": "attention_out", "attention.LayerNorm": "attention_norm",
+                  "intermediate.dense_1": "ffn_in", "intermediate.dense_2": "ffn_out",
+                  "intermediate.LayerNorm": "ffn_norm"}
+
+
+def authors_student_state(authors: dict[str, torch.Tensor], item_tokens: np.ndarray) -> dict[str, torch.Tensor]:
+    """The S3Rec authors' pretrained state dict (their S3RecModel: `item_embeddings`,
+    `position_embeddings`, `LayerNorm`, `item_encoder.layer.<i>.attention.query/key/value/dense/
+    LayerNorm`, `intermediate.dense_1/dense_2/LayerNorm`) -> our SASRec's, for a data set whose item i
+    is the authors' item int(item_tokens[i]) (their ids are the file's). Query, key and value become
+    our fused `qkv`; the mask token's row, attribute embeddings and pretraining heads are left out.
+    Their model left-pads: build the SASRec with end_aligned_positions 1 to read it as they do."""
+    rows = torch.as_tensor([0] + [int(t) for t in item_tokens[1:]])  # [n_items + 1]: ours -> theirs
+    state = {"item_embedding.weight": authors["item_embeddings.weight"][rows],
+             "position_embedding.weight": authors["position_embeddings.weight"],
+             "embedding_norm.weight": authors["LayerNorm.weight"], "embedding_norm.bias": authors["LayerNorm.bias"]}
+    state["item_embedding.weight"][0] = 0.0
+    layers = sorted({int(k.split(".")[2]) for k in authors if k.startswith("item_encoder.layer.")})
+    for i in layers:
+        theirs, ours = f"item_encoder.layer.{i}.", f"layers.{i}."
+        for kind in ("weight", "bias"):
+            state[ours + "qkv." + kind] = torch.cat([authors[f"{theirs}attention.{n}.{kind}"]
+                                                     for n in ("query", "key", "value")])
+            for name, mine in _AUTHORS_LAYER.items():
+                state[f"{ours}{mine}.{kind}"] = authors[f"{theirs}{name}.{kind}"]
+    return state
+
+
 @dataclass(frozen=True)
 class PretrainingEpoch:
     epoch: int  # 1-based

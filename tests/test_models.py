@@ -22,7 +22,7 @@ PAPER_DEFAULTS = {
     "nextitnet": dict(embedding_size=64, kernel_size=3, num_blocks=5, dilation=1, reg_weight=5e-6),
     "narm": dict(embedding_size=64, hidden_size=128, num_layers=1, embedding_dropout=0.25, context_dropout=0.5),
     "sasrec": dict(embedding_size=64, num_layers=2, num_heads=2, inner_size=128, dropout=0.3,
-                   attention_dropout=0.3, layer_norm_eps=1e-12, initializer_range=0.02),
+                   attention_dropout=0.3, layer_norm_eps=1e-12, initializer_range=0.02, end_aligned_positions=0),
 }
 
 

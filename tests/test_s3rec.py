@@ -305,6 +305,59 @@ def test_the_trial_record_and_the_tables_config_name_the_finetuning_objective(tm
     assert trials["config"].tolist()[0].endswith("finetuning=bce")
 
 
+# ---- the authors' published checkpoint ------------------------------------------------------------
+
+AUTHORS_CHECKPOINT = ROOT.parent / "shared" / "data" / "s3rec_beauty_epochs_150.pt"
+
+
+@pytest.mark.skipif(not AUTHORS_CHECKPOINT.is_file(), reason="needs ../shared/data/s3rec_beauty_epochs_150.pt")
+def test_the_authors_beauty_checkpoint_loads_into_our_sasrec(monkeypatch, tmp_path):
+    from csrec import datasets
+    from csrec.data import load_sequence_data
+    from csrec.s3rec import authors_student_state
+    monkeypatch.setenv("CSREC_DATA", str(AUTHORS_CHECKPOINT.parent))
+    path = datasets.resolve_checkpoint("s3rec-beauty")  # checked against the registered sha256
+    authors = torch.load(path, weights_only=True)  # the legacy pickle holds tensors only
+    data = load_sequence_data(DataConfig(path=str(AUTHORS_CHECKPOINT.parent / "beauty.txt"), protocol="user_loo",
+                                         max_len=50))
+    model = build_model("sasrec", data.n_items, 50, inner_size=256, end_aligned_positions=1)
+    model.load_state_dict(authors_student_state(authors, data.item_tokens))  # strict: every weight, right shapes
+    token = int(data.item_tokens[7])
+    assert torch.equal(model.item_embedding.weight[7], authors["item_embeddings.weight"][token])
+    assert torch.equal(model.layers[1].qkv.weight[64:128], authors["item_encoder.layer.1.attention.key.weight"])
+    assert torch.equal(model.layers[0].ffn_norm.bias, authors["item_encoder.layer.0.intermediate.LayerNorm.bias"])
+    # a fine-tuning job from it: no pretraining job, the checkpoint's name in its key, weights loaded
+    config = DataConfig(path=str(AUTHORS_CHECKPOINT.parent / "beauty.txt"), protocol="user_loo", max_len=50)
+    base = base_job(config, "sasrec", TrainConfig(layout="sequence"), {"inner_size": 256, "end_aligned_positions": 1})
+    job = student_job("s3rec", base, {}, TeacherSettings(s3rec_pretrained="s3rec-beauty"))
+    assert job.teachers == () and job.option("pretrained") == "s3rec-beauty" and job.option("finetuning") == "bce"
+    fresh = build_model("sasrec", data.n_items, 50, inner_size=256, end_aligned_positions=1)
+    initialise(job, fresh, Store(tmp_path / "store"))
+    assert torch.equal(fresh.position_embedding.weight, authors["position_embeddings.weight"])
+    with pytest.raises(CSRecError, match="inner_size: 256, end_aligned_positions: 1"):
+        initialise(job, build_model("sasrec", data.n_items, 50), Store(tmp_path / "store"))
+
+
+def test_a_missing_checkpoint_offline_says_where_to_get_it(monkeypatch, tmp_path):
+    from csrec import datasets
+    monkeypatch.setenv("CSREC_DATA", str(tmp_path))
+    source = datasets.CHECKPOINTS["s3rec-beauty"]
+    monkeypatch.setitem(datasets.CHECKPOINTS, "s3rec-beauty",
+                        datasets.Source(source.file, "http://127.0.0.1:9/Beauty-epochs-150.pt", source.sha256, source.size))
+    with pytest.raises(CSRecError, match="by hand and put it at .*s3rec_beauty_epochs_150.pt"):
+        datasets.resolve_checkpoint("s3rec-beauty")
+    assert list(tmp_path.iterdir()) == []  # nothing partial left
+    with pytest.raises(CSRecError, match="not a registered checkpoint"):
+        datasets.resolve_checkpoint("bert")
+
+
+def test_end_aligned_positions_are_the_authors_left_padding_positions():
+    m = build_model("sasrec", 10, 6, embedding_size=8, inner_size=16, end_aligned_positions=1)
+    items = torch.tensor([[3, 4, 0, 0], [1, 2, 3, 4]])
+    assert m.positions(items).tolist() == [[4, 5, 5, 5], [2, 3, 4, 5]]  # the last item at max_len - 1
+    assert build_model("sasrec", 10, 6, embedding_size=8, inner_size=16).positions(items).tolist() == [0, 1, 2, 3]
+
+
 # ---- attributes: missing or malformed --------------------------------------------------------------
 
 def test_s3rec_without_attributes_is_refused_saying_what_to_add(tmp_path, tiny_data_config):

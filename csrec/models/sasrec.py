@@ -6,6 +6,12 @@ x = LN(x + Dropout(Attention(x))), then x = LN(x + Dropout(W2 GELU(W1 x))), with
 attention weights too. CSRec paper 4.1.4: 2 layers, 2 heads, dropout 0.3, inner size 128; the
 reference code uses dropout 0.35 (`dropout=0.35, attention_dropout=0.35` reproduces it).
 
+Positions: right padding puts item t of a row at position t (RecBole). The S3Rec and ELECRec
+authors left-pad, so the last item always sits at position max_len - 1; with learned absolute
+position embeddings that is a different model of the same family, and their pretrained weights
+expect it: `end_aligned_positions: 1` gives each row those positions (its real items at
+max_len - n .. max_len - 1), without moving the items (the layouts and `gather_last` are unchanged).
+
 Padding: RecBole masks padded keys and future positions. Our input is right-padded, so every
 padded key lies after the last real position, and the causal mask alone keeps it out of every real
 position; that lets attention run as one fused causal kernel (F.scaled_dot_product_attention).
@@ -34,6 +40,9 @@ class SASRecConfig:
     attention_dropout: float = 0.3  # on the attention weights (reference: 0.35)
     layer_norm_eps: float = 1e-12  # RecBole's value
     initializer_range: float = 0.02  # std of the normal initialisation of linear and embedding weights
+    # 0: item t of a row sits at position t (right padding, RecBole); 1: at max_len - n + t for a row
+    # of n items, the positions of the S3Rec and ELECRec authors' left padding (the last item at max_len - 1)
+    end_aligned_positions: int = 0
 
     def __post_init__(self):
         for name in ("embedding_size", "num_layers", "num_heads", "inner_size"):
@@ -106,6 +115,15 @@ class SASRec(SequentialRecommender):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def positions(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """The position index of every column [B, L] (or [L] when not end-aligned): t, or with
+        end_aligned_positions max_len - n + t for a row of n real items (padding columns clamped)."""
+        column = torch.arange(item_seq.size(1), device=item_seq.device)  # [L]
+        if not self.config.end_aligned_positions:
+            return column
+        n = (item_seq > 0).sum(1, keepdim=True)  # [B, 1] right-padded: the real items come first
+        return (self.max_len - n + column).clamp(0, self.max_len - 1)  # [B, L]
+
     def encode_positions(self, item_seq: torch.Tensor, bidirectional: bool = False) -> torch.Tensor:
         """item_seq [B, L] -> the representation after each prefix [B, L, H] (position t sees items 0..t).
 
@@ -115,7 +133,7 @@ class SASRec(SequentialRecommender):
         if length > self.max_len:
             raise CSRecError(f"sasrec: input of length {length} but the model has {self.max_len} positions; "
                              f"truncate inputs to max_len or build the model with a larger max_len")
-        x = self.item_embedding(item_seq) + self.position_embedding.weight[:length]  # [B, L, H]
+        x = self.item_embedding(item_seq) + self.position_embedding(self.positions(item_seq))  # [B, L, H]
         x = self.embedding_dropout(self.embedding_norm(x))  # [B, L, H]
         real = (item_seq > 0) if bidirectional else None  # [B, L]
         for layer in self.layers:
