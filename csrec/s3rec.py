@@ -45,7 +45,11 @@ Facts from the authors' code (RUCAIBox/CIKM2020-S3Rec: models.py `pretrain`, dat
 
 Deviations, each without effect on what is optimised except where said:
 - Rows are right-padded (real items first) as everywhere in this project, where the reference
-  left-pads; the encoder reads the last real position where the reference reads column -1.
+  left-pads; the encoder reads the last real position where the reference reads column -1. With
+  learned absolute position embeddings this does change the model: a prefix of n items uses
+  positions 0..n-1 here, max_len-n..max_len-1 there. `model_overrides: sasrec:
+  {end_aligned_positions: 1}` gives the authors' positions (needed to fine-tune their checkpoint,
+  `authors_student_state`); the default keeps RecBole's. Effect on Beauty not yet measured.
 - Each loss is divided by the number of rows in the batch (a per-prefix mean of the reference's
   sums): the same relative weights, and Adam's steps do not depend on a constant loss scale.
 - AAP and MAP leave out attribute column 0 (padding: never an attribute, its embedding fixed at 0,

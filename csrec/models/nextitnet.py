@@ -11,7 +11,11 @@ has dilation 2, as in RecBole and the reference code with `dilations = [1]`.
 Deviation: RecBole and the reference read the last column (`[:, -1]`), which is the last real item
 only for left-padded input; our input is right-padded, so the output is read at each row's last
 real position (`gather_last`). Convolutions are causal (left zero padding), so no later position,
-and no trailing padding, reaches it.
+and no trailing padding, reaches it. This is not the same function for a short row: the reference
+left-pads the input once with item 0, and its padding positions then carry activations (layer
+norm, ReLU, the residual) that every layer's kernel reads at the first real items; here every
+layer sees zeros before the row's first item. Unmeasured; under `windows` (rows of at most max_len
+items, most of them full) few rows are short.
 """
 
 from __future__ import annotations
