@@ -63,8 +63,31 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
               "## Performance by input length (Fig. 4a)",
               _section(lambda: _lengths(collection, figures, out.parent, length_bins, options)),
               "## Plan", _section(lambda: _plan(directory)),
-              "## Spec as launched", _section(lambda: _code(directory / "spec.yaml", "yaml"))]
+              "## Spec as launched", _section(lambda: _spec_as_launched(directory))]
     return _write(out, "\n\n".join(parts) + "\n", html_too)
+
+
+def _spec_as_launched(directory: Path) -> str:
+    """spec.yaml with each method's `search` cut to the keys it uses (those its planned trials carry,
+    plus sampler and budget): spec.yaml keeps every key, with its defaults, for a resume."""
+    import yaml
+
+    path = directory / "spec.yaml"
+    if not path.is_file():
+        raise CSRecError(f"{path} does not exist")
+    spec = yaml.safe_load(path.read_text())
+    plan = read_json(directory / "plan.json", "`launch.py resume DIR` writes it again")
+    used: dict[str, set] = {}
+    for trial in plan.get("trials", []):
+        used.setdefault(trial.get("method"), set()).update(k for k, v in (trial.get("params") or {}).items()
+                                                           if v is not None)
+    if not isinstance(spec, dict) or not isinstance(spec.get("search"), dict):
+        return _code(path, "yaml")
+    for method, space in spec["search"].items():
+        if method in used and isinstance(space, dict):
+            spec["search"][method] = {k: v for k, v in space.items() if k in used[method] | {"sampler", "budget"}}
+    note = "Each method's `search` lists the keys it uses (spec.yaml in the directory holds them all)."
+    return f"{note}\n\n```yaml\n{yaml.safe_dump(spec, sort_keys=False).rstrip()}\n```"
 
 
 def write_study_report(directories: Sequence[str | Path], setting: str, out: str | Path,

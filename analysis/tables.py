@@ -30,6 +30,7 @@ from analysis.significance import IMPROVEMENT_LEVELS, TESTS, WORSE, WORSE_LEVEL,
 from csrec.errors import CSRecError
 from csrec.metrics import TIE_RULES, TIES
 
+from csrec.metrics import metric_name as canonical_metric
 METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T",
                 "elecrec": "ELECRec", "s3rec": "S3Rec"}
 MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
@@ -84,9 +85,7 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     (3 decimals in %), so ties at that precision are all bold. ties: the tie rule of every number
     (csrec.metrics). exclude_search_run: report the seed reruns only (analysis.collect.select).
     """
-    metrics = tuple(metrics)
-    for metric in metrics:
-        parse_metric(metric)
+    metrics = tuple(canonical_metric(m) for m in metrics)  # NDCG@10, Hit@10 (RecBole's) are ours in any case
     if test not in TESTS:
         raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
     if ties not in TIES:

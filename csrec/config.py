@@ -237,6 +237,23 @@ class SchedulerSettings:
 METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec", "s3rec")
 
 
+def registered_name(value, known) -> str | None:
+    """`value` as spelled in the registry `known`, matched without regard to case (RecBole writes
+    GRU4Rec and SASRec, the paper CSRec-M); None when no name matches."""
+    return next((name for name in known if isinstance(value, str) and name.lower() == value.lower()), None)
+
+
+def _registered(values, known, key: str, what: str) -> tuple:
+    """Each of `values` in its registered spelling; an unknown one is refused naming `key`."""
+    names = []
+    for value in values:
+        name = registered_name(value, known)
+        if name is None:
+            raise CSRecError(f"{key}: unknown {what} '{value}'; known: {', '.join(known)} (any case)")
+        names.append(name)
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
     """One YAML file: datasets x models x methods, each method's grid, seeds, resources, storage."""
@@ -270,15 +287,13 @@ class ExperimentSpec:
         location(self.storage, "storage")  # a URI with credentials or an unknown scheme: refused here
         for entry in self.reuse:
             location(entry, "reuse")
-        for name in self.models:
-            if name not in MODELS:
-                raise CSRecError(f"models: unknown model '{name}'; known: {', '.join(MODELS)}")
-        for name in (*self.methods, *self.search):
-            if name not in METHOD_NAMES:
-                raise CSRecError(f"methods: unknown method '{name}'; known: {', '.join(METHOD_NAMES)}")
-        for name in self.model_overrides:
-            if name not in MODELS:
-                raise CSRecError(f"model_overrides: unknown model '{name}'; known: {', '.join(MODELS)}")
+        # Names in any case (GRU4Rec, CSRec-M) are kept in the registry's spelling: keys and folders use it.
+        object.__setattr__(self, "models", _registered(self.models, MODELS, "models", "model"))
+        object.__setattr__(self, "methods", _registered(self.methods, METHOD_NAMES, "methods", "method"))
+        object.__setattr__(self, "search", dict(zip(_registered(self.search, METHOD_NAMES, "search", "method"),
+                                                    self.search.values())))
+        object.__setattr__(self, "model_overrides", dict(zip(
+            _registered(self.model_overrides, MODELS, "model_overrides", "model"), self.model_overrides.values())))
         if not self.datasets or not self.models or not self.methods or not self.seeds:
             raise CSRecError("datasets, models, methods and seeds must each name at least one entry")
         if len(set(self.seeds)) != len(self.seeds):
@@ -380,8 +395,12 @@ def _check_shape(text: str) -> None:
                              "smaller (is it a YAML bomb?)")
 
 
-def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
+def load_spec(path: str | Path, recorded: bool = False, overrides: tuple[str, ...] = ()) -> ExperimentSpec:
     """Read and check an experiment YAML; each data set's `path` becomes an absolute file path.
+
+    One rule for relative paths (storage, reuse, datasets.*.path, datasets.*.attributes): they are
+    read against the folder of the file that holds them, the spec's; those of `overrides` (`run
+    --set KEY=VALUE`, apply_overrides), written on a command line, against the current directory.
 
     recorded=True reads an experiment's own spec.yaml, written whole by `spec_to_yaml`: a train
     field it lacks was written before that field existed and means what it meant then
@@ -390,6 +409,15 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     if not path.is_file():
         raise CSRecError(f"experiment spec {path} not found: give the path of a YAML file")
     raw = read_yaml(path)
+    given = apply_overrides(raw, overrides) if overrides else set()  # before presets: --set may name one
+
+    def folder(key: str) -> Path:
+        return Path.cwd() if key in given else path.parent
+
+    if isinstance(raw, dict) and isinstance(raw.get("storage"), str):
+        raw["storage"] = _against(raw["storage"], folder("storage"))
+    if isinstance(raw, dict) and isinstance(raw.get("reuse"), list):
+        raw["reuse"] = [_against(p, folder("reuse")) if isinstance(p, str) else p for p in raw["reuse"]]
     if isinstance(raw, dict):  # `search: {elecrec: {preset: beauty}}` -> the preset's values (csrec.elecrec)
         from csrec.elecrec import expand_preset
         try:
@@ -403,11 +431,52 @@ def load_spec(path: str | Path, recorded: bool = False) -> ExperimentSpec:
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):
-                data = raw["datasets"][name] = _resolve_data(data, path.parent, f"{path}: datasets.{name}.path")
+                data = raw["datasets"][name] = _resolve_data(data, folder(f"datasets.{name}.path"),
+                                                             f"{path}: datasets.{name}.path")
             if isinstance(data, dict) and isinstance(data.get("attributes"), str):
                 where = f"{path}: datasets.{name}.attributes"
-                data["attributes"] = _resolve_attributes(data["attributes"], path.parent, where)
-    return load_dataclass(ExperimentSpec, raw, str(path))
+                data["attributes"] = _resolve_attributes(data["attributes"], folder(f"datasets.{name}.attributes"),
+                                                         where)
+    return load_dataclass(ExperimentSpec, raw, str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))
+
+
+def _against(value: str, folder: Path) -> str:
+    """A relative local path made absolute against `folder`; a URI or an absolute path unchanged."""
+    if "://" in value or not value.strip():
+        return value
+    place = Path(value).expanduser()
+    return str(place if place.is_absolute() else (folder / place).resolve())
+
+
+def apply_overrides(raw, overrides) -> set[str]:
+    """`KEY=VALUE` changes (`run --set`) made to a spec's YAML data before it is checked: KEY is a
+    dotted path (train.max_epochs, search.softrec.beta, datasets.NAME.path), VALUE is read as YAML
+    (10 is a number, [0.5, 0.75] a list, runs/x a string). Mappings missing on the way are made; the
+    strict loader then refuses an unknown key or a wrong type as in the file. Returns the keys set."""
+    if not isinstance(raw, dict):
+        raise CSRecError("--set: the spec is not a mapping of keys to values")
+    given = set()
+    for text in overrides:
+        key, equals, value = text.partition("=")
+        parts = key.strip().split(".")
+        if not equals or not all(parts):
+            raise CSRecError(f"--set {text!r}: write KEY=VALUE with a dotted KEY, e.g. --set train.max_epochs=10")
+        try:
+            _check_shape(value)
+            parsed = yaml.load(value, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+        except (CSRecError, yaml.YAMLError) as error:
+            raise CSRecError(f"--set {key}: {value!r} is not a YAML value ({' '.join(str(error).split())})") from None
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node.get(part), str) and (depth, part) == (0, "scheduler"):  # the `scheduler: asha` form
+                node[part] = {"kind": node[part]}
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CSRecError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a mapping in the spec, so it "
+                                 "has no keys to set")
+        node[parts[-1]] = parsed
+        given.add(".".join(parts))
+    return given
 
 
 def resolve_attributes(value: str, folder: Path | None = None) -> str:

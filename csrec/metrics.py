@@ -41,6 +41,23 @@ def parse_metric(metric: str) -> tuple[str, int]:
     return name, int(k)
 
 
+# RecBole's names beside ours: with one target per user, Hit@k (the target is in the top k) is Recall@k.
+METRIC_ALIASES = {"hit": "recall", "hit+": "recall+"}
+
+
+def metric_name(metric: str) -> str:
+    """A metric as written by a user ('NDCG@10', 'Recall@10', RecBole's 'Hit@10') -> ours ('ndcg@10',
+    'recall@10', 'recall@10'): case does not matter. The one place names are matched (CLI, tables)."""
+    name, at, k = str(metric).strip().lower().partition("@")
+    canonical = f"{METRIC_ALIASES.get(name, name)}{at}{k}"
+    try:
+        parse_metric(canonical)
+    except CSRecError:
+        raise CSRecError(f"metric {metric!r}: use name@k with name in {', '.join(METRIC_NAMES)} (any case; hit is "
+                         "recall), e.g. 'ndcg@10' or 'NDCG@10'") from None
+    return canonical
+
+
 def _check(ranks, ties, mode: str) -> tuple[np.ndarray, np.ndarray]:
     if mode not in TIES:
         raise CSRecError(f"ties {mode!r}: use one of {', '.join(TIES)}")

@@ -86,3 +86,58 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
     return scalars
+
+
+def hparams(job) -> dict:
+    """What TensorBoard's HParams tab compares a job on: model, method, seed, its grid values (beta,
+    temperature, alpha, ...), layout and the training settings a grid may vary."""
+    values = {"model": job.model, "method": job.objective, "seed": int(job.seed), "layout": job.train.layout,
+              "learning_rate": float(job.train.learning_rate), "batch_size": int(job.train.batch_size),
+              "max_epochs": int(job.train.max_epochs)}
+    return values | {name: float(value) for name, value in job.params}
+
+
+def final_metrics(result: dict) -> dict:
+    """A result.json's validation and test metrics as HParams metrics: `final/valid_ndcg_at_10`,
+    `final/test_recall_plus_at_10`, ... (TensorBoard tags take no '@' or '+'; tensorboardX would
+    rewrite them on the scalars but not in the HParams session, which would then find no values)."""
+    return {f"final/{split}_{name.replace('+', '_plus').replace('@', '_at_')}": float(value)
+            for split in ("valid", "test") for name, value in sorted((result.get(split) or {}).items())}
+
+
+def write_hparams(folder, values: dict, metrics: dict) -> None:
+    """One HParams session in `folder` (a job's curve folder, local or on object storage): its
+    hyperparameters and final metrics, so that TensorBoard's HParams tab tabulates a grid's trials.
+    Written once: a folder that has its session keeps it (a trial found in the store, a resume)."""
+    from tensorboardX import SummaryWriter
+
+    remote = folder if isinstance(folder, RemotePath) else None
+    local = (cache_dir() / FOLDER / hashlib.sha256(str(folder).encode()).hexdigest()[:16] if remote
+             else Path(folder))
+    if (remote or local).is_dir() and any(p.name.endswith(".hparams") for p in (remote or local).iterdir()):
+        return
+    local.mkdir(parents=True, exist_ok=True)
+    suffix = ".hparams"  # how a folder's session is recognised (above)
+    with SummaryWriter(logdir=str(local), filename_suffix=suffix) as writer:
+        # name=".": in the job's own folder, beside its curves (tensorboardX makes a subfolder by default)
+        writer.add_hparams(values, metrics, name=".")
+    if remote is not None:
+        for events in local.glob("events.out.tfevents.*"):
+            upload(events, remote / events.name)
+
+
+def write_history(folder: Path, result: dict, label: str, values: dict) -> None:
+    """A finished job's curves and HParams session in `folder`, from its recorded history (result.json):
+    what `launch.py train` writes under --out, the same for a model it trained and one it found stored."""
+    scalars = EpochScalars(folder)
+    try:
+        for record in result.get("history", []):
+            scalars(_Record(**{k: record.get(k, float("nan")) for k in ("epoch", *TAGS)}))
+    finally:
+        scalars.close()
+    write_hparams(folder, values | {"job": label}, final_metrics(result))
+
+
+class _Record:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)

@@ -171,8 +171,8 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
         if checkpoint_path is not None:
             _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device, owner)
         if config.progress:
-            print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {score:.4f}  best {state.best_score:.4f} "
-                  f"@ {state.best_epoch}  {record.seconds:.1f}s", flush=True)
+            print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {config.selection_metric} {score:.4f}  "  # name the metric
+                  f"best {state.best_score:.4f} @ {state.best_epoch}  {record.seconds:.1f}s", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(record)
     model.load_state_dict(state.best_model)

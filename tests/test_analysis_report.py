@@ -67,7 +67,16 @@ def test_report_of_a_finished_experiment(smoke, tmp_path):
         assert png_size(directory / image) == figure_size(2)
     for teacher in json.loads((directory / "plan.json").read_text())["teachers"]:
         assert teacher["key"] in text  # the plan that produced the numbers
-    assert (directory / "spec.yaml").read_text().rstrip() in text
+    # the spec as launched, each method's search cut to the keys it uses (issue 23)
+    launched = yaml.safe_load(text.split("## Spec as launched")[1].split("```yaml\n")[1].split("```")[0])
+    recorded = yaml.safe_load((directory / "spec.yaml").read_text())
+    assert {m: sorted(s) for m, s in launched["search"].items()} == {
+        "softrec": ["beta", "budget", "sampler", "temperature"], "csrec-m": ["beta", "budget", "sampler", "temperature"],
+        "csrec-d": ["beta", "budget", "sampler", "temperature"],
+        "csrec-t": ["alpha", "beta", "budget", "sampler", "temperature"]}
+    assert launched["search"]["csrec-t"]["alpha"] == recorded["search"]["csrec-t"]["alpha"] == [0.75]
+    assert "mask_ratio" in recorded["search"]["softrec"]  # spec.yaml itself keeps every key, for a resume
+    assert {k: v for k, v in launched.items() if k != "search"} == {k: v for k, v in recorded.items() if k != "search"}
     # the "all" group of the popular/niche table is the whole test set: Table 2's Base Recall@10
     base = group_metrics(collect(directory)).query("method == 'base' and group == 'all' and metric == 'recall@10'")
     table_row = next(line for line in text.splitlines() if line.startswith("| smoke | Base |"))

@@ -79,7 +79,8 @@ def test_a_mistake_exits_2_from_the_shell_without_a_traceback(tmp_path):
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    """(file, arguments) of every `python launch.py ...` in the fenced blocks of README.md and docs/:
+    """(file, arguments) of every `python launch.py ...` or `csrec ...` (the console script) in the fenced
+    blocks of README.md and docs/:
     continuation lines joined, cut at a comment, a shell operator or a redirect, an optional
     `[...]` taken with its contents and `$NAME` from the block's own NAME="..." line."""
     found = []
@@ -89,7 +90,7 @@ def documented_commands() -> list[tuple[str, str]]:
             names = dict(re.findall(r'^(\w+)="([^"]*)"', block, flags=re.M))
             for line in block.splitlines():
                 for part in re.split(r"&&|;|\||\)|\d?>|<|\s#", line):
-                    if (m := re.search(r"python launch\.py (.*)", part)):
+                    if (m := re.search(r"(?:python launch\.py|^\s*csrec|(?<=&&) csrec) (.*)", part)):
                         arguments = re.sub(r"\$(\w+)", lambda v: names[v.group(1)], m.group(1))
                         found.append((path.name, arguments.replace("[", "").replace("]", "").strip()))
     return found
@@ -128,7 +129,7 @@ def test_help_documents_every_option(capsys, command):
 def test_tiny_train_writes_config_metrics_and_per_user(tmp_path, capsys):
     assert launch.main(train_args(tmp_path)) == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "per_user.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "per_user.parquet", "tensorboard"]
     config = json.loads((out / "config.json").read_text())
     assert config["arguments"]["model"] == "gru4rec" and config["data"]["max_len"] == 8
     assert config["train"]["max_epochs"] == 1 and len(config["key"]) == 20

@@ -5,6 +5,8 @@ Ray is imported here only (and lazily): `local=True` runs the same plan in this 
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from csrec.jobs import MODELS
@@ -13,21 +15,26 @@ from csrec.runner.experiment import (SPEC_FILE, Experiment, all_teachers, execut
 from csrec.runner.lock import experiment_lock
 from csrec.runner.plan import make_plan
 from csrec.runner.trials import trial_result
+from csrec.store import read_json, write_json_atomic
 
 __all__ = ["SPEC_FILE", "Experiment", "execute", "print_plan", "run_experiment"]
 
 
 def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | None = None,
                    local: bool = False, log=print, table: bool = True, directory: str | Path | None = None,
-                   allow_failed: bool = False) -> int:
+                   allow_failed: bool = False, overrides: tuple[str, ...] = (), table_log=None) -> int:
     """Run (or go on with) the experiment of `spec_path`; `directory` replaces its storage (resume).
+    `overrides`: `KEY=VALUE` changes to the spec (`run --set`; csrec.config.apply_overrides), kept in
+    the experiment's spec.yaml (resolved) and experiment.json (as given). `table_log` prints the
+    table (default: `log`; `-q` drops the log lines but not the table).
 
     Raises FailedTrials when trials failed (after the table, which marks their cells), unless
     `allow_failed`; a second driver on the same experiment is refused (csrec.runner.lock)."""
-    experiment = Experiment.open(spec_path, directory, log)
+    experiment = Experiment.open(spec_path, directory, log, overrides=tuple(overrides))
     if dry_run:
         print_plan(experiment, log)
         return 0
+    quiet_ray()
     if local:
         from csrec.runner.local_backend import LocalBackend
 
@@ -39,19 +46,45 @@ def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | 
     backend.check(experiment.spec)  # before anything is written: a request no node holds waits forever
     experiment.directory.mkdir(parents=True, exist_ok=True)  # nothing to make on object storage
     with experiment_lock(experiment.directory, log):
+        recorded = read_json(experiment.directory / "experiment.json") or {}
         experiment.initialise(spec_path)
+        _record_overrides(experiment, list(overrides) or recorded.get("overrides", []))
         execute(experiment, backend, log)
         failures = experiment.failures()
     if table:
         from analysis import comparison_table
 
-        log(comparison_table(experiment.directory))
+        (table_log or log)(comparison_table(experiment.directory))
     if failures and not allow_failed:
         raise failed_trials_error(experiment, failures)
     if failures:
         log(f"--allow-failed: {len(failures)} trial(s) failed and the table is selected without them (marked ‡): "
             + "; ".join(entry["label"] for entry in failures.values()))
     return 0
+
+
+def _record_overrides(experiment: Experiment, overrides: list[str]) -> None:
+    """experiment.json's "overrides": the `--set` changes the experiment was started with (a resume
+    keeps them: its spec.yaml holds their values already)."""
+    if overrides:
+        path = experiment.directory / "experiment.json"
+        write_json_atomic(path, (read_json(path) or {}) | {"overrides": overrides})
+
+
+# Ray's and Tune's own output that ours replaces or that a user cannot act on: the token
+# authentication notice (it stays on, csrec.runner.ray_backend), Tune's restore advice on Ctrl-C
+# (Tuner.restore is not how a csrec experiment resumes: `launch.py resume DIR` is, and we print it).
+QUIETED_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray.tune.tune")
+
+
+def quiet_ray() -> None:
+    """Quiet by default: the loggers above at ERROR and Tune's configuration box off (its legacy
+    reporter at the runner's verbose=0 prints nothing); CSREC_LOG_LEVEL=verbose (`-v`) keeps them all."""
+    verbose = os.environ.get("CSREC_LOG_LEVEL", "").strip().lower() in ("verbose", "debug")
+    for name in QUIETED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
 def print_plan(experiment: Experiment, log=print) -> None:

@@ -79,14 +79,16 @@ class Experiment:
             log(f"reuse: {count} model(s) copied from {root}")
 
     @classmethod
-    def open(cls, spec_path: str | Path, directory: str | Path | None = None, log=print) -> "Experiment":
+    def open(cls, spec_path: str | Path, directory: str | Path | None = None, log=print,
+             overrides: tuple[str, ...] = ()) -> "Experiment":
         """Load and check the spec; refuse a directory that belongs to another spec. `directory`
         (resume) replaces the spec's storage: an experiment resumes where it now is, moved or copied.
-        On object storage the bucket is checked first (exists, may be listed and written)."""
+        On object storage the bucket is checked first (exists, may be listed and written). `overrides`:
+        `run --set KEY=VALUE` changes to the spec file (config.load_spec)."""
         # The experiment's own spec.yaml (a resume) is read as recorded: fields it lacks mean what they meant then.
         recorded = directory is not None and (str(location(spec_path).resolve())
                                               == str((location(directory) / SPEC_FILE).resolve()))
-        spec = read_recorded_spec(location(directory), log) if recorded else load_spec(spec_path)
+        spec = read_recorded_spec(location(directory), log) if recorded else load_spec(spec_path, overrides=overrides)
         if directory is not None:
             spec = dataclasses.replace(spec, storage=str(location(directory).resolve()))
         directory = spec.directory

@@ -23,13 +23,20 @@ class LocalBackend:
                              "or set scheduler: fifo to train every point in this process")
 
     def train_models(self, jobs: list[Job], experiment) -> None:
+        epochs = EpochProgress(experiment, "teachers", len(jobs), 1, self.log)  # as the trials' (status, live line)
         for number, job in enumerate(jobs, 1):  # dependency order: side teachers before main teachers
             self.log(f"[{number}/{len(jobs)}] teacher {job.describe()}")
+
+            def on_epoch_end(record, label=job.describe()) -> None:
+                epochs.epoch(label, record.epoch, record.valid_score, record.best_score, record.seconds)
+
             try:
-                train_job(job, experiment.store, experiment.work_dir,
+                train_job(job, experiment.store, experiment.work_dir, on_epoch_end,
                           curves=job_folder(experiment.directory, "teachers", job.describe(), job.key))
             except Exception as error:  # noqa: BLE001 - as a Ray task out of retries: one line, the run stops
+                epochs.ended(job.describe(), "failed")
                 raise teacher_failed(job, str(error) if isinstance(error, CSRecError) else first_line(error)) from error
+            epochs.ended(job.describe(), "finished")
             experiment.progress(teachers_done=number)
 
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:

@@ -81,3 +81,54 @@ class LiveView(Callback):
                                  trials_failed=counts["failed"])
         self.log(f"trials: {counts['done']} done, {counts['running']} running, {counts['failed']} failed; "
                  f"best {METRIC} " + ", ".join(f"{m} {s:.4f}" for m, s in best.items()))
+
+
+class TeacherEpochs:
+    """The teacher stage's progress by epoch, as the search stage's: each teacher task reports its
+    epochs to a small actor (a task cannot call the driver), which the driver's loop drains into an
+    EpochProgress of stage "teachers" (the live line, progress.json's "epochs", `launch.py status`)."""
+
+    def __init__(self, experiment, total: int, lanes: int, log=print):
+        import ray
+
+        self.epochs = EpochProgress(experiment, "teachers", total, lanes, log)
+        self.board = ray.remote(num_cpus=0)(_EpochBoard).remote()
+
+    def reporter(self, label: str):
+        """The task's on_epoch_end: one fire-and-forget call an epoch (never waits on the driver)."""
+        board = self.board
+
+        def report(record) -> None:
+            board.add.remote(label, record.epoch, record.valid_score, record.best_score, record.seconds)
+
+        return report
+
+    def poll(self) -> None:
+        import ray
+
+        for label, epoch, valid, best, seconds in ray.get(self.board.drain.remote()):
+            if label not in self.done:
+                self.epochs.epoch(label, epoch, valid, best, seconds)
+
+    def ended(self, label: str, how: str = "finished") -> None:
+        self.poll()  # its last epochs first, so that none arrives after its end
+        self.done.add(label)
+        self.epochs.ended(label, how)
+
+    @property
+    def done(self) -> set:
+        return self.__dict__.setdefault("_done", set())
+
+
+class _EpochBoard:
+    """The actor behind TeacherEpochs: epoch reports held until the driver drains them."""
+
+    def __init__(self):
+        self.records: list[tuple] = []
+
+    def add(self, *record) -> None:
+        self.records.append(record)
+
+    def drain(self) -> list[tuple]:
+        records, self.records = self.records, []
+        return records

@@ -43,7 +43,7 @@ from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
 from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
-from csrec.runner.progress import LiveView
+from csrec.runner.progress import LiveView, TeacherEpochs
 from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
 from csrec.runner.trials import record_stopped, run_trial
@@ -122,13 +122,14 @@ def threads(resources: Resources) -> int:
 
 
 @ray.remote(max_retries=3)
-def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str
-                      ) -> tuple[str, str]:
-    """Returns the job's key and the Ray node it ran on (logged: where did the teachers go)."""
+def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str,
+                      on_epoch_end=None) -> tuple[str, str]:
+    """Returns the job's key and the Ray node it ran on (logged: where did the teachers go);
+    `on_epoch_end`: its epochs to the driver's live view (csrec.runner.progress.TeacherEpochs)."""
     import torch
 
     torch.set_num_threads(num_threads)
-    train_job(job, Store(store_root), Path(work_dir),
+    train_job(job, Store(store_root), Path(work_dir), on_epoch_end,
               curves=job_folder(experiment_dir, "teachers", job.describe(), job.key))
     return job.key, ray.get_runtime_context().get_node_id()
 
@@ -218,21 +219,26 @@ class RayBackend:
         running: dict = {}
         done = 0
         view = LiveView(experiment, self.log)
+        lanes = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
+        epochs = TeacherEpochs(experiment, len(jobs), min(lanes, len(jobs)), self.log)
         while pending or running:
             for key, job in list(pending.items()):
                 if not any(t.key in pending or t.key in running.values() for t in job.teachers):
                     ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources),
-                                      str(experiment.directory))
+                                      str(experiment.directory), epochs.reporter(job.describe()))
                     running[ref] = key
                     del pending[key]
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+            epochs.poll()
             for ref in ready:
                 job = jobs_by_key[running.pop(ref)]
                 try:
                     key, node = ray.get(ref)
                 except Exception as error:  # out of retries: the students of this teacher cannot run
+                    epochs.ended(job.describe(), "failed")
                     raise teacher_failed(job, error_line(error)) from None
-                self.log(f"teacher {job.describe()} [{key}]: trained on node {node}")
+                epochs.ended(job.describe())
+                self.log(f"teacher {job.describe()} [{key}]: trained on node {node[:8]}")  # Ray's ids are 56 long
                 done += 1
             view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 

@@ -72,3 +72,41 @@ def status(directory: str | Path) -> str:
     for method, score in sorted(best_valid_by_method(store).items()):
         lines.append(f"best valid {SELECTION_METRIC} so far, {method}: {score:.4f}")
     return "\n".join(lines)
+
+
+def experiments_under(folder: Path) -> list[Path]:
+    """The experiment directories (an experiment.json or spec.yaml in them) in `folder` and one level
+    down (runs/NAME, runs/GROUP/NAME), sorted; what lies inside an experiment is not searched."""
+    found = []
+    for child in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        if _is_experiment(child):
+            found.append(child)
+        else:
+            found += [g for g in sorted(child.iterdir()) if g.is_dir() and _is_experiment(g)]
+    return found
+
+
+def _is_experiment(folder: Path) -> bool:
+    return (folder / "experiment.json").is_file() or (folder / "spec.yaml").is_file()
+
+
+def list_lines(directories: list[Path]) -> list[str]:
+    """`launch.py list`: one aligned line an experiment: name, stage, planned trials finished of all
+    planned (search and Base runs; seed reruns are planned once the search ends), last update, folder."""
+    rows = [("NAME", "STAGE", "TRIALS", "LAST UPDATE", "DIRECTORY")]
+    for directory in directories:
+        experiment = read_json(directory / "experiment.json") or {}
+        progress = read_json(directory / "progress.json") or {}
+        plan = read_json(directory / "plan.json") or {}
+        planned = plan.get("trials") if isinstance(plan.get("trials"), list) else None
+        if planned is None:
+            trials = "-"
+        else:
+            stored = set(Store(directory / "store").keys(TRIALS))
+            trials = f"{sum(t.get('key') in stored for t in planned)} of {len(planned)}"
+        updated = progress.get("updated")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(updated)) if isinstance(updated, (int, float)) else "-"
+        rows.append((str(experiment.get("name") or directory.name), str(progress.get("stage", "not started")),
+                     trials, when, str(directory)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]

@@ -24,9 +24,15 @@ STOPPED_FILE = "stopped.json"  # in a trial's work folder: the scheduler's decis
 def run_trial(trial: Trial, store: Store, work_dir: Path, on_epoch_end: Callable | None = None,
               curves: Path | None = None) -> dict:
     """Train the trial's student (or find it in the store) and write its record; `curves`: its
-    TensorBoard folder (csrec.tensorboard.job_folder)."""
+    TensorBoard folder (csrec.tensorboard.job_folder), which also gets the trial's HParams session
+    (its grid values, its validation and test metrics) for TensorBoard's HParams tab."""
     train_job(trial.job, store, work_dir, on_epoch_end, curves)
-    return write_record(trial, store)
+    record = write_record(trial, store)
+    if curves is not None:
+        from csrec.tensorboard import final_metrics, hparams, write_hparams
+
+        write_hparams(curves, hparams(trial.job) | {"stage": trial.stage}, final_metrics(record))
+    return record
 
 
 def write_record(trial: Trial, store: Store) -> dict:
