@@ -103,9 +103,20 @@ class _Runs:
                 self.frames[key] = self.collection.per_user(key)
         return [self.frames[key] for key in sel.keys]
 
+    def per_run(self, sel: Selected, metric: str) -> list[pd.Series]:
+        """Per-user test `metric` of each of the cell's runs, indexed by sequence."""
+        return [per_user_metric(frame, metric, ties=self.ties) for frame in self.frames_of(sel)]
+
     def metric(self, sel: Selected, metric: str) -> pd.Series:
         """Per-user test `metric` averaged over the cell's runs, indexed by sequence."""
-        return mean_over_runs([per_user_metric(frame, metric, ties=self.ties) for frame in self.frames_of(sel)])
+        return mean_over_runs(self.per_run(sel, metric))
+
+    def spread(self, sel: Selected, metric: str, labels: pd.Series, names) -> dict:
+        """name -> the sample sd (ddof 1) over the cell's runs of each run's mean over the users
+        labelled `name` (the seed error bar of a group or bin); NaN with one run."""
+        per_run = [_means(values, labels, names) for values in self.per_run(sel, metric)]
+        return {name: float(np.std([run[name][0] for run in per_run], ddof=1)) if len(per_run) > 1 else np.nan
+                for name in names}
 
 
 def _chosen(collection: Collection, selection_metric: str, cells, exclude_search_run: bool = False
@@ -131,7 +142,7 @@ def _cell_row(cell: tuple, sel: Selected) -> dict:
     return {"dataset": cell[0], "model": cell[1], "method": cell[2], "config": sel.config, "n_runs": len(sel.keys)}
 
 
-GROUP_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "group", "metric", "value", "n_users"]
+GROUP_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "group", "metric", "value", "std", "n_users"]
 
 
 def group_metrics(collection: Collection, metrics: Sequence[str] = METRICS, share: float = POPULAR_SHARE,
@@ -140,7 +151,8 @@ def group_metrics(collection: Collection, metrics: Sequence[str] = METRICS, shar
     """Test `metrics` of popular- and niche-type users (and of "all") per selected cell (Fig. 1, 3).
 
     The items come from datasets/<name>.json (training counts); `cells` limits the (dataset, model,
-    method) cells (default: every selected cell). value is a fraction; NaN for an empty group.
+    method) cells (default: every selected cell). value is a fraction; NaN for an empty group. std:
+    the sample sd over the cell's runs (seeds) of each run's value for the group; NaN with one run.
     ties and exclude_search_run: as Table 2's numbers (analysis.tables.build_table).
     """
     runs, rows, popular = _Runs(collection, ties), [], {}
@@ -149,13 +161,15 @@ def group_metrics(collection: Collection, metrics: Sequence[str] = METRICS, shar
             popular[cell[0]] = popular_items(collection.dataset_info(cell[0])["item_train_counts"], share)
         groups = user_groups(runs.frames_of(sel)[0], popular[cell[0]])
         for metric in metrics:
+            spread = runs.spread(sel, metric, groups, (*GROUPS, "all"))
             for group, (value, n_users) in _means(runs.metric(sel, metric), groups, (*GROUPS, "all")).items():
                 rows.append(_cell_row(cell, sel) | {"group": group, "metric": metric, "value": value,
-                                                    "n_users": n_users})
+                                                    "std": spread[group], "n_users": n_users})
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
-LENGTH_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "bin", "bin_index", "metric", "value", "n_users"]
+LENGTH_COLUMNS = ["dataset", "model", "method", "config", "n_runs", "bin", "bin_index", "metric", "value", "std",
+                  "n_users"]
 
 
 def by_input_length(collection: Collection, bins: int | Sequence[int] = 4, metrics: Sequence[str] = METRICS,
@@ -176,9 +190,10 @@ def by_input_length(collection: Collection, bins: int | Sequence[int] = 4, metri
         index, labels = binned[cell[0]]
         for metric in metrics:
             means = _means(runs.metric(sel, metric), index, range(len(labels)))
+            spread = runs.spread(sel, metric, index, range(len(labels)))
             for i, (value, n_users) in means.items():
                 rows.append(_cell_row(cell, sel) | {"bin": labels[i], "bin_index": i, "metric": metric, "value": value,
-                                                    "n_users": n_users})
+                                                    "std": spread[i], "n_users": n_users})
     return pd.DataFrame(rows, columns=LENGTH_COLUMNS)
 
 

@@ -4,8 +4,8 @@ Each function takes a tidy frame from analysis.groups and writes one PNG: one pa
 numbers in %, methods in the paper's order and in fixed colours. The image size is fixed
 (`figure_size`), the PNG carries no software or date metadata, so the same frame gives the same file.
 
-    plot_groups      Fig. 1 / 3   bars: popular- vs niche-type users, methods side by side
-    plot_by_length   Fig. 4a      lines: metric per input-length bin
+    plot_groups      Fig. 1 / 3   bars: popular- vs niche-type users, methods side by side, seed sd bars
+    plot_by_length   Fig. 4a      lines: metric per input-length bin (>= 3 bins), seed sd bars
     plot_setting     Fig. 4b/5/6  lines: metric vs a setting (user fraction or sparsity, m, p)
     plot_noise_term  Fig. 7       bars: CSRec-T with and without the noise-matrix term
 """
@@ -78,6 +78,16 @@ def _colour(method: str, i: int) -> str:
     return COLOURS.get(method, f"C{i % 10}")
 
 
+_ERROR_BARS = ", bars: sd over seeds"
+
+
+def _error(rows: pd.DataFrame, key: tuple) -> float:
+    """The seed sd (in %) of one bar; 0 where there is none (one run, or no std column)."""
+    if "std" not in rows or key not in rows.index or pd.isna(rows.loc[key, "std"]):
+        return 0.0
+    return float(rows.loc[key, "std"]) * 100
+
+
 def _headroom(ax) -> None:
     """Bars start at 0 and leave the top quarter free for the legend."""
     top = ax.get_ylim()[1]
@@ -95,32 +105,46 @@ def plot_groups(frame: pd.DataFrame, path: str | Path, title: str | None = None)
     figure, axes = _figure(len(metrics))
     width = 0.8 / len(methods)
     for ax, metric in zip(axes, metrics):
-        rows = frame[frame["metric"] == metric].set_index(["method", "group"])["value"]
+        rows = frame[frame["metric"] == metric].set_index(["method", "group"])
         for i, method in enumerate(methods):
-            heights = [rows.get((method, g), np.nan) * 100 for g in GROUP_NAMES]
+            heights = [rows["value"].get((method, g), np.nan) * 100 for g in GROUP_NAMES]
+            errors = [_error(rows, (method, g)) for g in GROUP_NAMES]
             ax.bar(np.arange(len(GROUP_NAMES)) + (i - (len(methods) - 1) / 2) * width, heights, width,
+                   yerr=errors, capsize=2, error_kw={"elinewidth": 0.8},
                    label=METHOD_NAMES.get(method, method), color=_colour(method, i))
         ax.set_xticks(range(len(GROUP_NAMES)), list(GROUP_NAMES.values()))
-        ax.set_ylabel(f"{metric_name(metric)} (%)")
+        ax.set_ylabel(f"{metric_name(metric)} (%){_ERROR_BARS if 'std' in frame else ''}")
         _headroom(ax)
     axes[0].legend(fontsize=7, ncol=3, loc="upper center")
     return _save(figure, path, title or default)
 
 
+MIN_LENGTH_BINS = 3  # fewer bins do not show a trend over input length: the plot is refused
+
+
 def plot_by_length(frame: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
-    """Fig. 4a: per metric, one line per method over the input-length bins (by_input_length rows)."""
+    """Fig. 4a: per metric, one line per method over the input-length bins (by_input_length rows),
+    each bin labelled with its users; error bars: the sd over the seeds (the frame's `std`).
+
+    Fewer than MIN_LENGTH_BINS bins (a file whose sequences have one length, Last.FM's windows) is
+    an error: one or two points on a zoomed axis make a small gap look like a trend."""
     default = _one_cell(frame, "plot_by_length")
     methods, metrics = _methods(frame), _metrics(frame)
     labels = frame.drop_duplicates("bin_index").sort_values("bin_index")
+    if len(labels) < MIN_LENGTH_BINS:
+        shown = ", ".join(f"{b} ({n} users)" for b, n in zip(labels["bin"], labels["n_users"]))
+        raise CSRecError(f"the test users' input lengths give {len(labels)} bin(s) ({shown}); a plot by input length "
+                         f"needs at least {MIN_LENGTH_BINS}, so it is left out")
     figure, axes = _figure(len(metrics))
     for ax, metric in zip(axes, metrics):
         for i, method in enumerate(methods):
             rows = frame[(frame["metric"] == metric) & (frame["method"] == method)].sort_values("bin_index")
-            ax.plot(rows["bin_index"], rows["value"] * 100, marker="o", label=METHOD_NAMES.get(method, method),
-                    color=_colour(method, i))
-        ax.set_xticks(labels["bin_index"].tolist(), labels["bin"].tolist())
-        ax.set_xlabel("input length")
-        ax.set_ylabel(f"{metric_name(metric)} (%)")
+            errors = rows["std"] * 100 if "std" in rows else None
+            ax.errorbar(rows["bin_index"], rows["value"] * 100, yerr=errors, marker="o", capsize=2,
+                        label=METHOD_NAMES.get(method, method), color=_colour(method, i))
+        ax.set_xticks(labels["bin_index"].tolist(), [f"{b}\nn={n}" for b, n in zip(labels["bin"], labels["n_users"])])
+        ax.set_xlabel("input length (test users per bin)")
+        ax.set_ylabel(f"{metric_name(metric)} (%){_ERROR_BARS if 'std' in frame else ''}")
     axes[0].legend(fontsize=7)
     return _save(figure, path, title or default)
 

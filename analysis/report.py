@@ -25,7 +25,8 @@ from analysis.collect import Collection, collect, read_json, select
 from analysis.groups import POPULAR_SHARE, by_input_length, group_metrics, popular_items, setting_study
 from analysis.plots import SETTING_NAMES, plot_by_length, plot_groups, plot_noise_term, plot_setting
 from analysis.significance import IMPROVEMENT_LEVELS, WORSE_LEVEL, comparisons, per_user_metric
-from analysis.tables import DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, comparison_table, metric_name
+from analysis.formats import comparison_table
+from analysis.tables import DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, metric_name
 from csrec.errors import CSRecError
 
 
@@ -36,7 +37,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
     object storage ./report-<name>/report.md on this machine) and report.html beside it.
 
     ties and exclude_search_run apply to every number of the report, as to Table 2's
-    (analysis.tables.comparison_table); the selection on validation is the runs' own."""
+    (analysis.formats.comparison_table); the selection on validation is the runs' own."""
     collection = collect(experiment_dir)
     directory = collection.directory
     if out is None:
@@ -49,7 +50,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None, shar
              f"finished trials, {len(collection.missing_cells)} of {len(collection.expected_cells)} cells missing.",
              "## What failed or is missing", _section(lambda: _failures(collection)),
              "## Table 2: test metrics", _section(lambda: comparison_table(directory, "md", **options)),
-             "### Per-user and seed-aware tests against SoftRec", SIGNIFICANCE_NOTE,
+             "### Per-user and seed-level tests against SoftRec", SIGNIFICANCE_NOTE,
              _section(lambda: _significance(collection, **options)),
              "### Selected configurations", _section(lambda: _selected(collection, exclude_search_run)),
              "### Runs of the selected configurations", _section(lambda: _runs(collection, **options))]
@@ -168,30 +169,34 @@ SIGNIFICANCE_NOTE = (
     "in points of %). The per-user paired t-test (the paper's; Table 2's markers by default) pairs each user's "
     "value averaged over the seeds and asks whether these trained models differ on these users; it leaves out "
     "the variance between seeds, so a rerun that happens to be better on every user is evidence enough. The "
-    "two-level paired bootstrap (2000 resamples: each method's seeds, then the users, the same for both; needs >= 2 "
-    "seeds a method) and the t-test over per-seed means (paired by seed; needs >= 5 seeds) ask whether the method "
-    "is better, counting the variance between seeds: claims about methods rest on these. No correction for "
-    "multiple comparisons; a dash: the test could not be made.")
+    "seed-level tests ask whether the method is better across training seeds, on this test set, and compare the "
+    "runs' means: the exact permutation test (untestable where its runs cannot give p < 0.05: 3 against 3 gives "
+    "no p below 0.1), Welch's t-test with its 95% interval for the difference, and the t-test over per-seed means "
+    "paired by seed (needs >= 5 seeds). Claims about methods rest on these; `launch.py power DIR` gives the seeds "
+    "each difference would need. No correction for multiple comparisons; a dash: the test could not be made.")
 
 
 def _significance(collection: Collection, ties: str = "expected", exclude_search_run: bool = False) -> str:
-    """Per cell and metric: the difference, the per-user t-test and the seed-aware tests side by side."""
+    """Per cell and metric: the difference, the per-user t-test and the seed-level tests side by side."""
     chosen = select(collection, exclude_search_run=exclude_search_run)
     metrics = ("recall@10", "ndcg@10")
-    tests = {test: comparisons(collection, chosen, metrics, test=test, n_resamples=2000, ties=ties)
-             for test in ("ttest", "bootstrap", "seed-ttest")}
+    tests = {test: comparisons(collection, chosen, metrics, test=test, ties=ties)
+             for test in ("ttest", "seed-permutation", "seed-welch", "seed-ttest")}
     if tests["ttest"].empty:
         raise CSRecError("no cell has both its method and SoftRec finished yet")
     keys = ["dataset", "model", "method", "metric"]
-    both = tests["ttest"].merge(tests["bootstrap"], on=keys, suffixes=("", "_bootstrap")).merge(
+    both = tests["ttest"].merge(tests["seed-welch"], on=keys, suffixes=("", "_welch")).merge(
+        tests["seed-permutation"][keys + ["p_value", "untestable"]].rename(
+            columns={"p_value": "p_permutation", "untestable": "untestable_permutation"}), on=keys).merge(
         tests["seed-ttest"][keys + ["p_value"]].rename(columns={"p_value": "p_seed"}), on=keys)
     table = pd.DataFrame({
         "dataset": both["dataset"], "model": both["model"], "method": both["method"].map(lambda m: METHOD_NAMES.get(m, m)),
         "metric": both["metric"].map(metric_name),
         "seeds": [f"{a} / {b}" for a, b in zip(both["n_seeds"], both["n_seeds_versus"])],
         "difference": both["mean_difference"] * 100, "per-user t-test p": both["p_value"].map(_p),
-        "bootstrap 95% interval": [_interval(lo, hi) for lo, hi in zip(both["ci_low_bootstrap"], both["ci_high_bootstrap"])],
-        "bootstrap p": both["p_value_bootstrap"].map(_p), "seed t-test p": both["p_seed"].map(_p)})
+        "permutation p": ["untestable" if u else _p(p) for p, u in zip(both["p_permutation"], both["untestable_permutation"])],
+        "Welch 95% interval": [_interval(lo, hi) for lo, hi in zip(both["ci_low_welch"], both["ci_high_welch"])],
+        "Welch p": both["p_value_welch"].map(_p), "seed t-test p": both["p_seed"].map(_p)})
     return _markdown_table(table)
 
 
@@ -311,7 +316,10 @@ def _lengths(collection: Collection, figures: Path, base: Path, bins, options: d
 
     def one(rows: pd.DataFrame, dataset: str, model: str) -> str:
         path = figures / f"length_{_slug(dataset)}_{_slug(model)}.png"
-        image = _image(plot_by_length(rows, path), base, "length")
+        try:
+            image = _image(plot_by_length(rows, path), base, "length")
+        except CSRecError as error:  # too few bins: the numbers below still say what there is
+            image = f"Plot left out: {error}."
         wide = _in_method_order(rows.pivot_table(index="method", columns=["metric", "bin_index"], values="value",
                                                  sort=False))
         labels = rows.drop_duplicates("bin_index").set_index("bin_index")

@@ -8,9 +8,12 @@ per-user values (analysis.collect.per_user_metric). Two families of tests, answe
   signed-rank or a paired randomisation (sign-flip) test as options. They ask "do these trained
   models differ on these users?"; seed-to-seed variance is not in them, so a rerun that happens to
   be better on every user is evidence enough.
-- seed-aware (analysis.seed_tests): the two-level paired bootstrap over seeds and users ("bootstrap")
-  and the paired t-test over per-seed means ("seed-ttest", >= 5 seeds). They ask "is the method
-  better?", counting the variance between seeds.
+- seed-level (analysis.seed_tests): the exact permutation test on the runs' means
+  ("seed-permutation"), Welch's t-test on them ("seed-welch") and the t-test over per-seed means
+  paired by seed ("seed-ttest", >= 5 seeds). They ask "is the method better than the reference
+  across training seeds, on this test set?", and keep their level in the crossed seed x user
+  design (tests/test_seed_calibration.py). A cell whose seeds cannot give p below the table's
+  strictest level (3 runs a side under the permutation test) gets no p-value: untestable.
 
 `marker` follows the paper's caption: ** and * mark significant *improvements* over the reference;
 a significant deterioration gets its own mark. Holm's correction is available across a table.
@@ -25,12 +28,12 @@ import pandas as pd
 from scipy import stats
 
 from analysis.collect import RATING_THRESHOLD, Collection, Selected, per_user_metric  # noqa: F401 (re-exported)
-from analysis.seed_tests import MIN_SEEDS, seed_ttest, two_level_bootstrap
+from analysis.seed_tests import MIN_SEEDS, permutation_test, run_means, seed_ttest, seeds_needed, welch_test
 from csrec.errors import CSRecError
 from csrec.metrics import parse_metric  # noqa: F401 (re-exported)
 
 PER_USER_TESTS = ("ttest", "wilcoxon", "randomisation")
-SEED_TESTS = ("bootstrap", "seed-ttest")
+SEED_TESTS = ("seed-permutation", "seed-welch", "seed-ttest")
 TESTS = PER_USER_TESTS + SEED_TESTS
 _PERMUTATION_ELEMENTS = 4_000_000  # floats per vectorised permutation step (32 MB)
 
@@ -153,8 +156,10 @@ def marker(p_value: float, difference: float) -> str:
 
 
 CORRECTIONS = (None, "holm")
+LEVEL = min([level for _, level in IMPROVEMENT_LEVELS] + [WORSE_LEVEL])  # a seed-level test must reach it to mark
 COMPARISON_COLUMNS = ["dataset", "model", "method", "metric", "versus", "test", "n_users", "n_seeds", "n_seeds_versus",
-                      "statistic", "p_value", "p_adjusted", "marker", "mean_difference", "ci_low", "ci_high"]
+                      "statistic", "p_value", "p_adjusted", "marker", "mean_difference", "ci_low", "ci_high",
+                      "smallest_p", "untestable"]
 
 
 def seed_matrices(collection: Collection, sel: Selected, reference: Selected, metric: str, ties: str = "expected",
@@ -178,13 +183,16 @@ def comparisons(collection: Collection, chosen: dict[tuple[str, str, str], Selec
     """Every selected cell against the `versus` method of its (dataset, model), per metric.
 
     Both sides use the runs their numbers are reported from (Selected.keys), on the users every
-    run evaluated. Per-user tests (PER_USER_TESTS) pair the per-user means over seeds; "bootstrap"
-    resamples seeds and users (n_resamples, seed; its interval fills ci_low / ci_high; no statistic);
-    "seed-ttest" pairs per-seed means by seed number. A seed-aware test with fewer seeds than it
-    needs (MIN_SEEDS) gives p = NaN: no marker. mean_difference is method minus reference over the
-    values tested; the marker needs its sign. `correction="holm"` adjusts across all the rows
-    returned (a table's comparisons); `marker` follows the adjusted p-value. `bootstrap` > 0 adds to
-    a per-user test a user-level paired-bootstrap 95% interval with that many resamples.
+    run evaluated. Per-user tests (PER_USER_TESTS) pair the per-user means over seeds; seed-level
+    tests (SEED_TESTS, analysis.seed_tests) compare the runs' means: "seed-permutation" exactly
+    (n_resamples and seed only beyond EXACT_SPLITS splits), "seed-welch" (its 95% interval fills
+    ci_low / ci_high), "seed-ttest" pairs per-seed means by seed number. `untestable`: a seed-level
+    test whose seeds cannot give p < LEVEL (fewer than MIN_SEEDS, or the permutation test's
+    smallest_p >= LEVEL): p is NaN and the cell gets no marker. mean_difference is method minus
+    reference over the values tested; the marker needs its sign. `correction="holm"` adjusts across
+    all the rows returned (a table's comparisons); `marker` follows the adjusted p-value.
+    `bootstrap` > 0 adds to a per-user test a user-level paired-bootstrap 95% interval with that
+    many resamples.
     """
     if correction not in CORRECTIONS:
         raise CSRecError(f"correction {correction!r}: use none or 'holm'")
@@ -200,6 +208,7 @@ def comparisons(collection: Collection, chosen: dict[tuple[str, str, str], Selec
             row = {"dataset": cell[0], "model": cell[1], "method": cell[2], "metric": metric, "versus": versus,
                    "test": test, "n_users": a.shape[1], "n_seeds": len(a), "n_seeds_versus": len(b),
                    "statistic": np.nan, "p_value": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                   "smallest_p": np.nan, "untestable": False,
                    "mean_difference": float(a.mean() - b.mean()) if a.size and b.size else np.nan}
             rows.append(row | _test(a, b, test, n_resamples, seed, bootstrap))
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
@@ -218,10 +227,48 @@ def _test(a: np.ndarray, b: np.ndarray, test: str, n_resamples: int, seed: int, 
             effect = effect_size(x, y, bootstrap, seed)
             out |= {"ci_low": effect.low, "ci_high": effect.high}
         return out
-    if min(len(a), len(b)) < MIN_SEEDS[test] or a.shape[1] == 0:
+    if a.shape[1] == 0:
         return {}
+    if min(len(a), len(b)) < MIN_SEEDS[test]:
+        return {"untestable": True}
     if test == "seed-ttest":
         statistic, p_value = seed_ttest(a, b)
         return {"statistic": statistic, "p_value": p_value}
-    result = two_level_bootstrap(a, b, n_resamples, seed)
-    return {"p_value": result.p_value, "ci_low": result.low, "ci_high": result.high}
+    if test == "seed-welch":
+        result, low, high = welch_test(a, b)
+        return {"statistic": result.statistic, "p_value": result.p_value, "ci_low": low, "ci_high": high}
+    result = permutation_test(a, b, level=LEVEL, n_resamples=n_resamples, seed=seed)
+    return {"statistic": result.statistic, "p_value": result.p_value, "smallest_p": result.smallest_p,
+            "untestable": bool(np.isnan(result.p_value))}
+
+
+POWER_COLUMNS = ["dataset", "model", "method", "metric", "versus", "n_seeds", "n_seeds_versus", "mean_difference",
+                 "sd", "sd_versus", "p_value", "seeds_needed"]
+
+
+def seed_power(collection: Collection, chosen: dict[tuple[str, str, str], Selected], metrics: tuple[str, ...],
+               versus: str = "softrec", alpha: float = LEVEL, power: float = 0.8, ties: str = "expected") -> pd.DataFrame:
+    """Every selected cell against `versus`: the observed difference of the runs' means (method minus
+    reference), the sd of the runs' means on each side (ddof 1; NaN with one run), the exact
+    permutation test's p (NaN where its seeds cannot reach `alpha`) and the runs per method that
+    would detect the observed difference with `power` at two-sided `alpha` if it were the true one
+    (analysis.seed_tests.seeds_needed; None where the difference is 0 or a side has one run).
+    The count is an estimate: it takes the observed difference and sds for the true ones."""
+    rows = []
+    for cell, sel in chosen.items():
+        reference = chosen.get((cell[0], cell[1], versus))
+        if cell[2] == versus or reference is None or not sel.keys or not reference.keys:
+            continue
+        for metric in metrics:
+            a, b = seed_matrices(collection, sel, reference, metric, ties)
+            if a.size == 0 or b.size == 0:
+                continue
+            x, y = run_means(a), run_means(b)
+            sd_a = float(x.std(ddof=1)) if len(x) > 1 else np.nan
+            sd_b = float(y.std(ddof=1)) if len(y) > 1 else np.nan
+            test = permutation_test(a, b, level=alpha)
+            rows.append({"dataset": cell[0], "model": cell[1], "method": cell[2], "metric": metric, "versus": versus,
+                         "n_seeds": len(x), "n_seeds_versus": len(y), "mean_difference": test.difference,
+                         "sd": sd_a, "sd_versus": sd_b, "p_value": test.p_value,
+                         "seeds_needed": seeds_needed(test.difference, sd_a, sd_b, alpha, power)})
+    return pd.DataFrame(rows, columns=POWER_COLUMNS)

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import Collection, cell_numbers, collect, select
-from analysis.seed_tests import MIN_SEEDS
-from analysis.significance import IMPROVEMENT_LEVELS, TESTS, WORSE, WORSE_LEVEL, comparisons, parse_metric
+from analysis.seed_tests import MIN_SEEDS, seeds_to_reach
+from analysis.significance import (IMPROVEMENT_LEVELS, LEVEL, SEED_TESTS, TESTS, WORSE, WORSE_LEVEL, comparisons,
+                                  parse_metric)
 from csrec.errors import CSRecError
 from csrec.metrics import TIE_RULES, TIES
-
 from csrec.metrics import metric_name as canonical_metric
+
 METHOD_NAMES = {"base": "Base", "softrec": "SoftRec", "csrec-m": "CSRec-M", "csrec-d": "CSRec-D", "csrec-t": "CSRec-T",
                 "elecrec": "ELECRec", "s3rec": "S3Rec"}
 MODEL_NAMES = {"gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "narm": "NARM", "sasrec": "SASRec"}
@@ -38,18 +39,18 @@ DATASET_NAMES = {"lastfm": "Last.FM", "yelp": "Yelp", "beauty": "Beauty", "ml-10
 _METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "recall+": "Recall+", "ndcg+": "NDCG+"}
 _PER_USER = ("on the users' test values, each user's value averaged over the seeds; it asks whether these "
              "trained models differ on these users, not whether the method is better across seeds")
-_SEED_AWARE = "it asks whether the method is better, counting the variance between seeds"
+_SEED_LEVEL = ("it asks whether the method is better than {versus} across training seeds, on this test set, "
+               "counting the variance between seeds")
 _TEST_NAMES = {
     "ttest": f"paired two-sided t-test {_PER_USER}",
     "wilcoxon": f"two-sided Wilcoxon signed-rank test {_PER_USER}",
     "randomisation": "paired two-sided randomisation (sign-flip) test ({n_resamples} resamples, seed {seed}) " + _PER_USER,
-    "bootstrap": ("two-level paired bootstrap ({n_resamples} resamples, seed {seed}): each method's seeds resampled, "
-                  "then the users (the same for both), p twice the smaller tail of the mean difference; "
-                  f"{_SEED_AWARE}; needs >= {MIN_SEEDS['bootstrap']} seeds per method"),
-    "seed-ttest": (f"paired two-sided t-test over the per-seed means, paired by seed; {_SEED_AWARE}; "
+    "seed-permutation": ("exact two-sided permutation test on the runs' means over the users (every split of the runs "
+                         f"into the two methods' counts); {_SEED_LEVEL}"),
+    "seed-welch": f"Welch's two-sided t-test on the runs' means over the users; {_SEED_LEVEL}",
+    "seed-ttest": (f"paired two-sided t-test over the per-seed means, paired by seed; {_SEED_LEVEL}; "
                    f"needs >= {MIN_SEEDS['seed-ttest']} common seeds"),
 }
-FORMATS = ("md", "latex", "csv", "published")
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,15 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
                         columns=["dataset", "method", "model", "metric"])
     keys = ["dataset", "model", "method", "metric"]
     table = grid.merge(numbers, on=keys, how="left").merge(
-        tests[keys + ["p_value", "p_adjusted", "mean_difference", "marker"]], on=keys, how="left")
+        tests[keys + ["p_value", "p_adjusted", "mean_difference", "marker", "n_seeds", "n_seeds_versus", "untestable"]],
+        on=keys, how="left")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
     table["incomplete"] = [(r.dataset, r.model, r.method) in collection.incomplete for r in table.itertuples()]
     stopped_keys = set(collection.stopped["key"])
     stopped_cells = {cell for cell, sel in chosen.items() if stopped_keys & set(sel.keys)}
     table["stopped"] = [(r.dataset, r.model, r.method) in stopped_cells for r in table.itertuples()]
     table["marker"] = table["marker"].astype(object).fillna("")
+    table["untestable"] = table["untestable"].astype(object).fillna(False).astype(bool)
     shown = table["mean"].map(lambda v: float(f"{v * 100:.3f}"))  # exactly the printed number
     column = shown.groupby([table["dataset"], table["model"], table["metric"]])
     # A lone number is no "best": bold needs another number in its column to be better than.
@@ -201,7 +204,7 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
     code = (lambda text: rf"\texttt{{{_latex(text)}}}") if latex else (lambda text: f"`{text}`")
     versus = METHOD_NAMES.get(table.versus, table.versus)
     better = ", ".join(f"{mark(m)} p {less} {level}" for m, level in IMPROVEMENT_LEVELS)
-    test = _TEST_NAMES[table.test].format(n_resamples=table.n_resamples, seed=table.seed)
+    test = _TEST_NAMES[table.test].format(n_resamples=table.n_resamples, seed=table.seed, versus=versus)
     test = test.replace(">=", ge) if latex else test
     behind = ("tested on the seeds each number shares with {versus}'s (paired by seed number), which may be fewer "
               "than the runs behind the number" if table.test == "seed-ttest" else "tested on the runs behind each number")
@@ -209,9 +212,10 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
              f"worse; no mark: tested, neither significantly better (p {ge} {IMPROVEMENT_LEVELS[-1][1]}) nor "
              f"significantly worse (p {ge} {WORSE_LEVEL}); {versus}'s own row is the reference; test: {test}; "
              + behind.format(versus=versus)]
+    if table.test in SEED_TESTS:
+        parts.append(_seeds_note(table))
     if table.cells["untested"].any():
-        few = "seeds" if table.test in MIN_SEEDS else "paired values"
-        parts.append(f"{mark(NOT_TESTED)}: not tested (no {versus} number in its column, or too few {few})")
+        parts.append(f"{mark(NOT_TESTED)}: " + _untested_note(table, versus, code))
     if table.correction == "holm":
         parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
     parts.append(_runs_note(table, dagger))
@@ -230,6 +234,30 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
         parts.append(f"{mark(STOPPED)}: {STOPPED_MEANING}")
     parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
+
+
+def _seeds_note(table: ComparisonTable) -> str:
+    """How many runs a side the seed-level test compared, over the tested cells."""
+    tested = table.cells[table.cells["p_adjusted"].notna()]
+    if tested.empty:
+        return "seeds: no cell had enough to be tested"
+    pairs = sorted({(int(a), int(b)) for a, b in zip(tested["n_seeds"], tested["n_seeds_versus"])})
+    listed = ", ".join(f"{a} against {b}" for a, b in pairs)
+    return f"seeds: {listed} runs (method against reference) in the tested cells"
+
+
+def _untested_note(table: ComparisonTable, versus: str, code) -> str:
+    """What ° means under this table's test: which cells could not be tested, and why."""
+    if table.test not in SEED_TESTS:
+        return f"not tested (no {versus} number in its column, or too few paired values)"
+    if table.test == "seed-permutation":
+        need = seeds_to_reach(LEVEL)
+        reach = (f"its seeds cannot give p < {LEVEL} under this test: with n runs a method the smallest p is "
+                 f"2 / C(2n, n), 0.1 at 3 against 3, so it needs >= {need} runs a method")
+    else:
+        reach = f"too few seeds (>= {MIN_SEEDS[table.test]} a method)"
+    return (f"untestable, never 'no difference': no {versus} number in its column, or {reach}; "
+            f"{code('launch.py power DIR')} gives the seeds that would detect each difference")
 
 
 def _runs_note(table: ComparisonTable, dagger: str) -> str:
@@ -329,24 +357,3 @@ def to_csv(table: ComparisonTable) -> str:
                "versus", "test", "correction", "ties", "difference_pct", "p_value", "p_adjusted", "marker", "untested", "best",
                "incomplete", "stopped"]
     return frame[columns].to_csv(index=False, float_format="%.6g", na_rep="n/a", lineterminator="\n")
-
-
-def comparison_table(experiment_dir: str | Path, fmt: str = "md", metrics=("recall@10", "ndcg@10"),
-                     versus: str = "softrec", test: str = "ttest", correction: str | None = None,
-                     selection_metric: str = "ndcg@10", n_resamples: int = 10000, seed: int = 0,
-                     ties: str = "expected", exclude_search_run: bool = False) -> str:
-    """Table 2 (or Table 3 with metrics=("recall+@10", "ndcg+@10")) of `experiment_dir` as text.
-
-    fmt: "md" | "latex" | "csv" | "published" (beside the paper's Table 2: analysis.published); versus: the method every other is tested against ("softrec" as in
-    the paper, or "base"); test: per user "ttest" | "wilcoxon" | "randomisation", or seed-aware
-    "bootstrap" | "seed-ttest" (analysis.significance; n_resamples, seed); correction: None |
-    "holm" (across the table's comparisons); ties: "expected" | "pessimistic"; exclude_search_run:
-    the seed reruns only, without the search run that won the selection.
-    """
-    from analysis.published import to_published  # it builds on this module
-
-    if fmt not in FORMATS:
-        raise CSRecError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
-    table = build_table(collect(experiment_dir), metrics, versus, test, correction, selection_metric, n_resamples, seed,
-                        ties, exclude_search_run)
-    return {"md": to_markdown, "latex": to_latex, "csv": to_csv, "published": to_published}[fmt](table)

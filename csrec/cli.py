@@ -431,10 +431,12 @@ def _add_table(p: argparse.ArgumentParser) -> None:
                         "RecBole's NDCG@10, Recall@10, MRR@10 and Hit@10 (= recall@10: one target per user) are taken")
     p.add_argument("--vs", default="softrec", choices=["softrec", "base"], type=name_in(["softrec", "base"]),
                    help="the method every other is tested against (any case)")
-    p.add_argument("--test", default="ttest", choices=["ttest", "wilcoxon", "randomisation", "bootstrap", "seed-ttest"],
+    p.add_argument("--test", default="ttest",
+                   choices=["ttest", "wilcoxon", "randomisation", "seed-permutation", "seed-welch", "seed-ttest"],
                    help="per user (the paper's; do these trained models differ on these users?): ttest, wilcoxon, "
-                        "randomisation; seed-aware (is the method better, counting seed-to-seed variance?): bootstrap "
-                        "(two-level over seeds and users, >= 2 seeds a method), seed-ttest (per-seed means, >= 5 seeds)")
+                        "randomisation; seed-level (is the method better across training seeds, on this test set?): "
+                        "seed-permutation (exact, on the runs' means; >= 4 runs a method reach p < 0.05), seed-welch "
+                        "(Welch's t on the runs' means), seed-ttest (per-seed means paired by seed, >= 5 seeds)")
     p.add_argument("--correction", choices=["holm"],
                    help="multiple-comparison correction across the table (default: none)")
     _add_table_choices(p)
@@ -454,6 +456,25 @@ def _run_table(args: argparse.Namespace) -> int:
     print(comparison_table(args.directory, fmt=args.format, metrics=tuple(args.metric), versus=args.vs,
                            test=args.test, correction=args.correction, ties=args.ties,
                            exclude_search_run=args.exclude_search_run))
+    return 0
+
+
+def _add_power(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="experiment directory")
+    p.add_argument("--format", default="md", choices=["md", "csv"], help="Markdown or CSV")
+    p.add_argument("--metric", nargs="+", default=["recall@10", "ndcg@10"], type=metric_argument,
+                   help="metrics, as for `table`")
+    p.add_argument("--vs", default="softrec", choices=["softrec", "base"], type=name_in(["softrec", "base"]),
+                   help="the reference method (any case)")
+    p.add_argument("--power", default=0.8, type=finite, help="the power to plan for, at the tables' level of 0.05")
+    _add_table_choices(p)
+
+
+def _run_power(args: argparse.Namespace) -> int:
+    from analysis.formats import seed_power_table
+
+    print(seed_power_table(args.directory, fmt=args.format, metrics=tuple(args.metric), versus=args.vs,
+                           power=args.power, ties=args.ties, exclude_search_run=args.exclude_search_run), end="")
     return 0
 
 
@@ -548,6 +569,8 @@ COMMANDS = {
     "resume": (_add_resume, _run_resume, "go on with an interrupted experiment; nothing finished is redone"),
     "status": (_add_directory, _run_status, "what an experiment has done, is doing and has failed"),
     "table": (_add_table, _run_table, "Table 2-style comparison with paired significance markers"),
+    "power": (_add_power, _run_power, "seeds needed: per cell, the difference to the reference, each side's seed sd "
+                                      "and the runs per method that would detect it"),
     "teachers": (_add_directory, _run_teachers, "each soft-label student's teacher module as a recommender, next to the student"),
     "report": (_add_report, _run_report, "Markdown/HTML report: tables, popular/niche and input-length plots, plan, failures"),
     "data": (_add_data, _run_data, "data sets by name: list them, fetch them (checked against sha256), print a file's path"),

@@ -91,16 +91,18 @@ def test_report_of_a_finished_experiment(smoke, tmp_path):
     mean = sum(float(r[8]) for r in base_runs) / 2
     assert abs(mean - float(re.search(r"\d+\.\d{3}", table_row.split("|")[3]).group())) <= 0.001
     # both kinds of test side by side: per user (the markers' test) and seed-aware, 4 methods x 2 metrics
-    tests = text.split("### Per-user and seed-aware tests against SoftRec")[1].split("\n### ")[0]
+    tests = text.split("### Per-user and seed-level tests against SoftRec")[1].split("\n### ")[0]
     assert "asks whether these trained models differ on these users" in tests
-    assert "ask whether the method is better, counting the variance between seeds" in tests
+    assert "ask whether the method is better across training seeds, on this test set" in tests
     rows = [line.split("|")[1:-1] for line in tests.splitlines() if line.startswith("| smoke |")]
     assert len(rows) == 8 and all(r[4].strip() == "2 / 2" and r[-1].strip() == "—" for r in rows)  # < 5 seeds
     per_user = comparisons(collect(directory), select(collect(directory)), ("recall@10", "ndcg@10"))
     assert [r[6].strip() for r in rows] == [f"{p:.2g}" for p in per_user["p_value"]]
-    for row in rows:  # the bootstrap interval holds the difference
-        low, high = (float(x) for x in row[7].split(" to "))
-        assert low <= float(row[5]) <= high
+    assert all(r[7].strip() == "untestable" for r in rows)  # 2 runs against 2: the smallest p is 1/3
+    welch = comparisons(collect(directory), select(collect(directory)), ("recall@10", "ndcg@10"), test="seed-welch")
+    for row, p in zip(rows, welch["p_value"]):  # Welch's interval holds the difference, its p is Welch's
+        low, high = (float(x) for x in row[8].split(" to "))
+        assert low <= float(row[5]) <= high and row[9].strip() == f"{p:.2g}"
     page = (directory / "report.html").read_text()
     assert page.count("<table>") == text.count("\n|---") and all(f'src="{i}"' in page for i in images)
 

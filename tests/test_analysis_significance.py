@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.seed_tests import seed_ttest, two_level_bootstrap
+from analysis.seed_tests import permutation_test, seed_ttest, welch_test
 from analysis.significance import (align, effect_size, holm, marker, mean_over_runs, paired_test, parse_metric,
                                    per_user_metric)
 from csrec.errors import CSRecError
@@ -176,34 +176,19 @@ def test_align_and_mean_over_runs_join_on_users():
         mean_over_runs([])
 
 
-def test_two_level_bootstrap_seed_level_by_hand():
-    # Users alike, so only seeds matter. a's seeds 1 and 3: deviations +-1 from the mean 2, scaled by
-    # sqrt(S / (S - 1)) = sqrt(2); a resampled two-seed mean is 2 - sqrt2, 2, 2 + sqrt2 with chances
-    # 1/4, 1/2, 1/4. b's seeds 0 and 2: 1 - sqrt2, 1, 1 + sqrt2 alike. d = 1 + (i - j) sqrt2 with
-    # i, j in {-1, 0, 1}: d <= 0 iff i - j <= -1, chance 1/8 + 1/8 + 1/16 = 5/16, so p = 2 * 5/16.
-    # The extremes 1 -+ 2 sqrt2 have chance 1/16 > 2.5% each: they are the 95% interval.
+def test_seed_level_tests_read_only_the_runs_means():
+    # Users alike within a run, so a run is its mean: a's runs 1 and 3, b's 0 and 2, observed d = 1.
     a = np.array([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])
     b = np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
-    result = two_level_bootstrap(a, b, n_resamples=20000, seed=1)
-    assert result.difference == pytest.approx(1.0) and result.n_users == 3
-    assert result.p_value == pytest.approx(0.625, abs=0.02)  # 4 standard errors of 20,000 draws
-    assert (result.low, result.high) == pytest.approx((1 - 2 * np.sqrt(2), 1 + 2 * np.sqrt(2)), abs=1e-12)
-    assert two_level_bootstrap(a, b, n_resamples=500, seed=1) == two_level_bootstrap(a, b, n_resamples=500, seed=1)
-
-
-def test_two_level_bootstrap_pairs_users():
-    # No seed variance; per-user differences are [1, 1]: every resample of the same users gives 1.
-    # (Resampling the users of a and b apart would spread d over 0..2.) p = 2 (0 + 1) / (B + 1).
-    a = np.array([[1.0, 3.0], [1.0, 3.0]])
-    b = np.array([[0.0, 2.0], [0.0, 2.0]])
-    result = two_level_bootstrap(a, b, n_resamples=999, seed=0)
-    assert (result.difference, result.low, result.high) == pytest.approx((1.0, 1.0, 1.0))
-    assert result.p_value == pytest.approx(2 / 1000)
-    assert two_level_bootstrap(a, a, n_resamples=99).p_value == 1.0
-    with pytest.raises(CSRecError, match=">= 2 seeds"):
-        two_level_bootstrap(a[:1], b)
-    with pytest.raises(CSRecError, match="same users"):
-        two_level_bootstrap(a, b[:, :1])
+    # splits of {0, 1, 2, 3} into two pairs: {0,1}|{2,3} d=-2, {0,2}|{1,3} d=-1 (the observed, mirrored),
+    # {0,3}|{1,2} d=0, and their mirrors: |d| >= 1 in 4 of 6.
+    assert permutation_test(a, b).p_value == pytest.approx(4 / 6)
+    assert np.isnan(permutation_test(a, b, level=0.05).p_value)  # 2 against 2: the smallest p is 1/3
+    shuffled = a[:, ::-1] + np.array([[0.0, 0.5, -0.5]])  # another spread over users, the same run means
+    assert permutation_test(shuffled, b).p_value == permutation_test(a, b).p_value
+    assert welch_test(shuffled, b)[0].p_value == pytest.approx(welch_test(a, b)[0].p_value)
+    with pytest.raises(CSRecError, match="same"):
+        permutation_test(a, b[:, :1])
 
 
 def _experiment(rng: np.random.Generator, n_seeds: int, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,20 +201,21 @@ def _experiment(rng: np.random.Generator, n_seeds: int, n_users: int) -> tuple[n
     return a, b
 
 
-def test_two_level_bootstrap_covers_the_true_difference():
-    # 200 simulated experiments, 10 seeds a method, seed variance larger than the users' share of
-    # the error: about 95% of the intervals hold the true difference 0.1 (binomial sd 1.5 points).
-    # An interval over users alone (seeds averaged first) ignores the seed variance and misses.
+def test_welch_interval_covers_the_true_difference():
+    # 400 simulated experiments, 10 seeds a method, seed variance larger than the users' share of
+    # the error: about 95% of Welch's intervals on the runs' means hold the true difference 0.1
+    # (binomial sd 1.1 points). An interval over users alone (seeds averaged first) ignores the seed
+    # variance and misses.
     rng = np.random.default_rng(0)
     covered, per_user = 0, 0
-    for experiment in range(200):
+    for experiment in range(400):
         a, b = _experiment(rng, n_seeds=10, n_users=100)
-        result = two_level_bootstrap(a, b, n_resamples=400, seed=experiment)
-        covered += result.low <= 0.1 <= result.high
+        _, low, high = welch_test(a, b)
+        covered += low <= 0.1 <= high
         users_only = effect_size(a.mean(axis=0), b.mean(axis=0), n_resamples=400, seed=experiment)
         per_user += users_only.low <= 0.1 <= users_only.high
-    assert 0.90 <= covered / 200 <= 0.99
-    assert per_user / 200 < 0.6
+    assert 0.92 <= covered / 400 <= 0.98
+    assert per_user / 400 < 0.6
 
 
 def test_seed_ttest_is_the_paired_t_test_of_per_seed_means():

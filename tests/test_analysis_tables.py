@@ -354,7 +354,7 @@ def _shown_markers(markdown: str) -> dict[tuple[str, str, int], str]:
     return marks
 
 
-@pytest.mark.parametrize("test, correction", [("ttest", None), ("ttest", "holm"), ("bootstrap", None)])
+@pytest.mark.parametrize("test, correction", [("ttest", None), ("ttest", "holm"), ("seed-permutation", None)])
 def test_every_marker_is_the_claim_the_legend_makes(experiment, test, correction):
     table = build_table(collect(experiment), test=test, correction=correction, n_resamples=500)
     marks = _shown_markers(to_markdown(table))
@@ -381,25 +381,33 @@ def test_every_marker_is_the_claim_the_legend_makes(experiment, test, correction
             assert np.sign(row.mean - versus["mean"].item()) == (1 if shown != "↓" else -1)
         checked += significant
         untested += shown == "°"
-    assert checked >= 8
-    assert ("°: not tested (no SoftRec number in its column, or too few" in to_markdown(table)) == (untested > 0)
-    # Base is worse than SoftRec everywhere here: never an improvement marker, a deterioration mark instead
-    base = [mark for (dataset, method, i), mark in marks.items() if method == "Base" and mark]
-    assert base and set(base) - {"°"} == {"↓"}  # ° under the bootstrap: one seed a method on Last.FM SASRec
     note = to_markdown(table).splitlines()[-1]
+    if test == "seed-permutation":  # 3 runs a method at most here: no cell can reach p < 0.05, so every one is °
+        assert checked == 0 and untested == (table.cells["n_runs"] > 0).sum() - (table.cells["method"] == "softrec").sum()
+        assert "°: untestable, never 'no difference'" in note and "it needs >= 4 runs a method" in note
+        assert "exact two-sided permutation test on the runs' means" in note and "launch.py power DIR" in note
+    else:
+        assert checked >= 8
+        assert ("°: not tested (no SoftRec number in its column, or too few" in note) == (untested > 0)
+        # Base is worse than SoftRec everywhere here: never an improvement marker, a deterioration mark instead
+        base = [mark for (dataset, method, i), mark in marks.items() if method == "Base" and mark]
+        assert base and set(base) == {"↓"}
     assert "significantly better than SoftRec" in note and "↓ p < 0.05: significantly worse" in note
     assert ("Holm-adjusted" in note) == (correction == "holm")
-    assert ("two-level paired bootstrap (500 resamples, seed 0)" in note) == (test == "bootstrap")
     assert "ties with the target broken at random" in note and "search run and its seed reruns" in note
 
 
-def test_seed_aware_tests_need_their_seeds(experiment, tmp_path):
-    bootstrap = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",), test="bootstrap",
-                            n_resamples=300).set_index(["dataset", "model", "method"])
-    one_seed = bootstrap.loc[("lastfm", "sasrec", "csrec-m")]  # no reruns: one seed a method
+def test_seed_level_tests_need_their_seeds(experiment, tmp_path):
+    permutation = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",),
+                              test="seed-permutation").set_index(["dataset", "model", "method"])
+    one_seed = permutation.loc[("lastfm", "sasrec", "csrec-m")]  # no reruns: one seed a method
     assert np.isnan(one_seed["p_value"]) and one_seed["marker"] == "" and one_seed["n_seeds"] == 1
-    three = bootstrap.loc[("lastfm", "gru4rec", "csrec-m")]
-    assert three["n_seeds"] == 3 and three["ci_low"] <= three["mean_difference"] <= three["ci_high"]
+    assert one_seed["untestable"]
+    three = permutation.loc[("lastfm", "gru4rec", "csrec-m")]  # 3 against 3: the smallest p is 0.1
+    assert three["n_seeds"] == 3 and three["untestable"] and three["smallest_p"] == pytest.approx(0.1)
+    welch = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",),
+                        test="seed-welch").set_index(["dataset", "model", "method"]).loc[("lastfm", "gru4rec", "csrec-m")]
+    assert welch["ci_low"] <= welch["mean_difference"] <= welch["ci_high"] and not welch["untestable"]
     seed_t = comparisons(collect(experiment), select(collect(experiment)), ("recall@10",), test="seed-ttest")
     assert seed_t["p_value"].isna().all()  # three seeds: below the 5 the seed-level test needs
     assert "needs >= 5 common seeds" in comparison_table(experiment, test="seed-ttest")
@@ -415,6 +423,15 @@ def test_seed_aware_tests_need_their_seeds(experiment, tmp_path):
              for m in ("softrec", "csrec-m")}
     expected = stats.ttest_rel(means["csrec-m"], means["softrec"])
     assert row["n_seeds"] == 6 and row["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
+    # the exact permutation test on the same six runs a side: scipy's, and the table marks what its legend says
+    row = comparisons(collection, chosen, ("ndcg@10",), test="seed-permutation").iloc[0]
+    exact = stats.permutation_test((means["csrec-m"], means["softrec"]), lambda x, y: np.mean(x) - np.mean(y),
+                                   permutation_type="independent", n_resamples=np.inf).pvalue
+    assert row["p_value"] == pytest.approx(exact) and not row["untestable"]
+    assert exact == pytest.approx(2 / 924)  # csrec-m above softrec at every seed: the two extreme splits of 12 runs
+    table = comparison_table(tmp_path, test="seed-permutation", metrics=("ndcg@10",))
+    assert _markdown_cells(table)[("Last.FM", "CSRec-M")][0].endswith("\\*\\*")  # ** as the legend says
+    assert "seeds: 6 against 6 runs (method against reference) in the tested cells" in table
 
 
 def test_exclude_search_run_reports_the_reruns_only(experiment):
@@ -466,10 +483,10 @@ def test_ties_rule_is_applied_to_every_number(experiment, tmp_path):
 def test_cli_table_names_its_options(experiment, capsys):
     import launch
 
-    assert launch.main(["table", str(experiment), "--test", "bootstrap", "--exclude-search-run",
+    assert launch.main(["table", str(experiment), "--test", "seed-permutation", "--exclude-search-run",
                         "--ties", "pessimistic"]) == 0
     out = capsys.readouterr().out
-    assert "two-level paired bootstrap" in out and "left out" in out and "counted against it" in out
+    assert "exact two-sided permutation test" in out and "left out" in out and "counted against it" in out
     with pytest.raises(SystemExit):
         launch.main(["table", str(experiment), "--test", "z-test"])
     assert "seed-ttest" in capsys.readouterr().err
