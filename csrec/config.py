@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -277,7 +278,7 @@ class ExperimentSpec:
     scheduler: SchedulerSettings = SchedulerSettings()  # `scheduler: asha` is short for {kind: asha}
 
     def __post_init__(self):
-        from csrec.models import MODELS  # late: keeps `import csrec.config` light
+        from csrec.models import MODELS, model_config  # late: keeps `import csrec.config` light
 
         check_plain_name("name", self.name)
         for name in self.datasets:
@@ -298,6 +299,15 @@ class ExperimentSpec:
             raise CSRecError("datasets, models, methods and seeds must each name at least one entry")
         if len(set(self.seeds)) != len(self.seeds):
             raise CSRecError(f"seeds must be distinct, got {list(self.seeds)}")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise CSRecError(f"seeds must lie in [0, 2**32) (numpy's seeding), got {list(self.seeds)}")
+        self._check_search_blocks()
+        threads, cpus = self.train.num_threads, os.cpu_count() or 1
+        if threads is not None and threads > cpus:  # more threads than CPUs only oversubscribe them
+            raise CSRecError(f"train.num_threads is {threads} but this machine has {cpus} CPUs; give at most "
+                             f"{cpus}, or null (torch's own choice)")
+        for name, overrides in self.model_overrides.items():  # sizes, dropout: the model's own checks, now
+            model_config(name, **overrides)
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise CSRecError("max_concurrent_trials must be >= 1 (or left out)")
         if "s3rec" in self.methods and "sasrec" in self.models:
@@ -310,6 +320,22 @@ class ExperimentSpec:
             raise CSRecError(f"scheduler.grace_epochs ({self.scheduler.grace_epochs}) must be below train.max_epochs "
                              f"({self.train.max_epochs}), or ASHA never stops a point; lower grace_epochs or use "
                              "scheduler: fifo")
+
+    def _check_search_blocks(self) -> None:
+        """A search block of a method the spec runs gives only that method's parameters: another
+        would be ignored without a word, so it is refused (a block of a method not in `methods` is
+        said by the plan's notes)."""
+        from csrec.methods import GRID_PARAMS  # late: csrec.methods imports this module
+
+        default = SearchSpace()
+        for method, space in self.search.items():
+            if method not in self.methods:  # kept for a later run: the plan's notes say it is not used
+                continue
+            unused = [f.name for f in dataclasses.fields(SearchSpace) if isinstance(getattr(default, f.name), tuple)
+                      and f.name not in GRID_PARAMS[method] and getattr(space, f.name) != getattr(default, f.name)]
+            if unused:
+                raise CSRecError(f"search.{method}: {', '.join(unused)} do(es) not apply to {method} (its parameters: "
+                                 f"{', '.join(GRID_PARAMS[method]) or 'none'}); remove {'it' if len(unused) == 1 else 'them'}")
 
     def search_space(self, method: str) -> SearchSpace:
         return self.search.get(method, SearchSpace())

@@ -70,8 +70,9 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise CSRecError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise CSRecError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate <= 1:  # above 1 Adam's first steps throw the weights to inf: a NaN loss
+            raise CSRecError(f"train.learning_rate must be > 0 and at most 1 (Adam's step size; the paper's is "
+                             f"1e-3), got {self.learning_rate}")
         if not self.weight_decay >= 0:
             raise CSRecError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.seed < 2**32:

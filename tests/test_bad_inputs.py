@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -150,6 +151,24 @@ def attributes_file(text: str) -> Callable[[Path], list]:
     return build
 
 
+def runs(**changes) -> Callable[[Path], list]:
+    """A real run (not --dry-run) of the smoke spec with `changes`: refused before anything is written."""
+    return lambda folder: ["run", spec(folder, **changes), "--local"]
+
+
+def run_on_data(name: str, content: str | bytes) -> Callable[[Path], list]:
+    """A real run of the smoke spec on a data file holding `content`."""
+    def build(folder: Path) -> list:
+        path = folder / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return ["run", spec(folder, datasets__smoke__path=str(path)), "--local"]
+    return build
+
+
+ONE_ITEM = "session_id,item_id\n" + "".join(f"{u},7\n" for u in range(60) for _ in range(6))
+QUOTED = SMOKE_DATA.read_text().replace("\n1,10,1\n", '\n1,"10",1\n', 1)
+
+
 CASES = [
     # ---- experiment specs (run --dry-run: refused before anything is written) -------------------
     Case("spec-missing", "spec file that does not exist", lambda f: ["run", f / "nope.yaml", "--dry-run"], "not found"),
@@ -233,6 +252,38 @@ CASES = [
     Case("spec-reuse", "reuse of a folder that is no experiment",
          lambda f: ["run", spec(f, reuse=[str(f)]), "--local"], "neither an experiment directory nor a store"),
     Case("spec-data-changed", "the data file changed since the experiment started", changed_data, "changed"),
+    # ---- issue 24: refused by `run` (not only --dry-run) before anything is written ---------------
+    Case("spec-run-data-blank", "run on a data file of spaces and newlines", run_on_data("d.csv", "  \n \n"),
+         "the file is empty"),
+    Case("spec-run-data-utf16", "run on a UTF-16 data file", run_on_data("d.csv", "session_id,item_id\n1,2\n".encode("utf-16")),
+         "not UTF-8"),
+    Case("spec-run-inter-header", "run on an .inter file with a header only",
+         run_on_data("d.inter", "user_id:token\titem_id:token\n"), "no interactions"),
+    Case("spec-run-inter-untyped", "run on an .inter file with an untyped header",
+         run_on_data("d.inter", "user_id\titem_id\n1\t2\n"), "is not 'name:type'"),
+    Case("spec-run-data-tabs", "run on a tab-separated .csv",
+         run_on_data("d.csv", SMOKE_DATA.read_text().replace(",", "\t")), "the header has no 'session_id"),
+    Case("spec-run-rating-nan", "run on a data file with a rating nan",
+         run_on_data("d.csv", SMOKE_DATA.read_text().replace("\n1,10,1\n", "\n1,10,nan\n", 1)), "not a finite number"),
+    Case("spec-run-one-item", "run on a data file whose users all have the same one item",
+         run_on_data("d.csv", ONE_ITEM), "1 item left after filtering"),
+    Case("spec-run-quoted", "run on a partly quoted .csv (\"10\" and 10)", run_on_data("d.csv", QUOTED), "has quotes"),
+    Case("spec-run-nul", "run on a data file with a NUL byte inside an id",
+         run_on_data("d.csv", SMOKE_DATA.read_text().replace("\n1,10,1\n", "\n1,1\x000,1\n", 1)), "a NUL byte"),
+    Case("spec-run-seed", "seeds: [-1, 0]", runs(seeds=[-1, 0]), "seeds must lie in [0, 2**32)"),
+    Case("spec-run-hidden-0", "model_overrides hidden_size: 0", runs(model_overrides__gru4rec__hidden_size=0),
+         "gru4rec.hidden_size must be >= 1"),
+    Case("spec-run-hidden-neg", "model_overrides hidden_size: -4", runs(model_overrides__gru4rec__hidden_size=-4),
+         "gru4rec.hidden_size must be >= 1"),
+    Case("spec-run-override-key", "an unknown model_overrides key", runs(model_overrides__gru4rec__hiden_size=8),
+         "unknown key(s) hiden_size"),
+    Case("spec-run-dropout", "model_overrides dropout: 1.5", runs(model_overrides__gru4rec__dropout=1.5),
+         "gru4rec.dropout must be in [0, 1)"),
+    Case("spec-run-max-len", "max_len: 1000000000", runs(datasets__smoke__max_len=10**9), "max_len must be at most"),
+    Case("spec-run-lr", "train.learning_rate: 1.0e10", runs(train__learning_rate=1e10), "and at most 1"),
+    Case("spec-run-threads", "train.num_threads: 1000", runs(train__num_threads=1000), "CPUs; give at most"),
+    Case("spec-run-beta-base", "beta given for base", runs(search__base={"beta": [0.5]}),
+         "search.base: beta do(es) not apply to base"),
     # ---- train: data files -----------------------------------------------------------------------
     Case("data-missing", "--data file that does not exist", lambda f: train(f, data="/nonexistent/x.csv"), "no such file"),
     Case("data-folder", "--data a folder", lambda f: train(f, data=f), "is a folder"),
@@ -357,6 +408,33 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     assert case.expect in lines[0], lines[0]
     if case.id.startswith("spec-") and case.id not in ("spec-storage-other", "spec-data-changed", "spec-storage-foreign"):
         assert not (tmp_path / "exp").exists()  # refused before anything was written
+
+
+def test_repeated_lines_of_a_file_with_timestamps_are_said(tmp_path):
+    """Issue 24, point 5: a file written twice over (the same user, item and time) passed without a
+    word; repeated lines without timestamps are repeated plays (Last.FM) and stay unsaid."""
+    from csrec.data import load_interactions
+
+    body = "".join(f"{u}\t{i}\t{100 * u + i}\n" for u in range(3) for i in range(4))
+    path = tmp_path / "twice.inter"
+    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + body + body)
+    with pytest.warns(UserWarning, match=r"12 line\(s\) repeat an earlier line exactly \(first: line 14 repeats line 2\)"):
+        assert len(load_interactions(path)) == 24
+    plays = tmp_path / "plays.csv"
+    plays.write_text("session_id,item_id\n1,2\n1,2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_interactions(plays)) == 2
+
+
+def test_a_search_block_of_a_method_not_run_is_said_by_the_plan(tmp_path):
+    """Issue 24, point 5: it was ignored without a word; the plan's notes (run and --dry-run) say it."""
+    from csrec.config import load_spec
+    from csrec.runner.plan import make_plan
+
+    notes = make_plan(load_spec(spec(tmp_path, methods=["base", "softrec"]))).notes
+    assert [n for n in notes if n.startswith("search.")] == [
+        f"search.{m} is not used: {m} is not in methods (base, softrec)" for m in ("csrec-m", "csrec-d", "csrec-t")]
 
 
 def table(rows: list[tuple[Case, int, str]]) -> str:

@@ -20,9 +20,10 @@ from csrec.data.protocols import (item_id_map, kcore_filter, subsample, train_it
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, training_samples, training_sequences, validation_samples
 from csrec.errors import CSRecError
-from csrec.metrics import RATING_THRESHOLD
+from csrec.metrics import DEFAULT_KS, RATING_THRESHOLD
 
 PROTOCOLS = ("windows", "user_loo")
+MAX_LEN = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class DataConfig:
         if self.max_len < 3:
             raise CSRecError(f"max_len must be at least 3 (one train item, a validation and a test "
                              f"target), got {self.max_len}")
+        if self.max_len > MAX_LEN:  # models hold max_len positions (SASRec attends over max_len^2 pairs)
+            raise CSRecError(f"max_len must be at most {MAX_LEN} (the longest input a model is built for; the "
+                             f"papers use 10 to 200), got {self.max_len}")
         for name in ("user_min_count", "item_min_count"):
             if getattr(self, name) < 1:
                 raise CSRecError(f"{name} must be at least 1 (1 keeps everything), got {getattr(self, name)}")
@@ -84,6 +88,7 @@ def load_sequence_data(config: DataConfig) -> SequenceData:
                          f"{config.user_min_count} and items with fewer than {config.item_min_count} "
                          "interactions; lower user_min_count / item_min_count")
     item_ids, item_tokens = item_id_map(frame["item"])
+    _check_catalogue(config.path, len(item_tokens) - 1)
     user_code, user_tokens = _factorize(frame["user"])
     lengths = np.bincount(user_code, minlength=len(user_tokens))  # [U]; rows are grouped by user
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -107,6 +112,17 @@ def load_sequence_data(config: DataConfig) -> SequenceData:
                       "liked items): Recall+ and NDCG+ are not defined for this file and show as NaN")
     return SequenceData(sequences=sequences, ratings=ratings, users=user_tokens[cut[:, 0]],
                         item_tokens=item_tokens, max_len=config.max_len)
+
+
+def _check_catalogue(path: str, n_items: int) -> None:
+    """One item is no ranking (every metric is 100 for any model): refused. A catalogue no larger
+    than a metric's cutoff makes that metric 100 too: said, since the others still rank."""
+    if n_items < 2:
+        raise CSRecError(f"{path}: {n_items} item left after filtering, so every model ranks it first and every "
+                         "metric is 100; give a file with more items (or lower item_min_count)")
+    if n_items <= max(DEFAULT_KS):
+        warnings.warn(f"{path}: only {n_items} items after filtering: metrics at a cutoff of {n_items} or more "
+                      "rank the whole catalogue and are 100 for any model")
 
 
 def _factorize(users) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,9 @@ def _lines(path: Path, expected: str) -> tuple[np.ndarray, list[str]]:
     except UnicodeDecodeError as error:
         raise CSRecError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
                          "save the file as UTF-8") from None
+    if "\x00" in text:  # ids with a NUL byte print like others: a damaged or binary file, not data
+        raise CSRecError(f"{path}, line {text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL byte (\\x00) in the "
+                         "text; the file is damaged or not text: write it again")
     numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not numbered:
         raise CSRecError(f"{path}, line 1: the file is empty; expected {expected}")
@@ -153,10 +157,35 @@ def _table(path: Path, numbers: np.ndarray, lines: list[str], names: list[str], 
         if len(empty):
             raise CSRecError(f"{path}, line {numbers[empty[0]]}: empty {column} field; give every "
                              "interaction a user and an item")
+        # Fields are read as written (no quoting), so "10" and 10 would be two items: refused.
+        quoted = np.flatnonzero(frame[column].str.contains('"', regex=False).to_numpy())
+        if len(quoted):
+            raise CSRecError(f"{path}, line {numbers[quoted[0]]}: {column} {frame[column].iloc[quoted[0]]} has "
+                             f"quotes; fields are read as written, so \"10\" and 10 would be two {column}s: remove the "
+                             "quotes from the file")
     for column in ("rating", "timestamp"):
         if column in names:
             frame[column] = _numbers(path, numbers, table[column], column)
+    if "timestamp" in names:
+        _warn_repeated_lines(path, numbers, lines[1:])
     return normalise(frame)
+
+
+def _warn_repeated_lines(path: Path, numbers: np.ndarray, lines: list[str]) -> None:
+    """Lines that repeat an earlier line exactly, in a file with timestamps (the same interaction at
+    the same time: a file written twice over): kept, but said. Without timestamps a repeated line is
+    a repeated interaction (Last.FM's plays), and nothing can tell the two apart."""
+    first: dict[str, int] = {}
+    repeats = []
+    for number, line in zip(numbers.tolist(), lines):
+        key = line.strip()
+        if key in first:
+            repeats.append((number, first[key]))
+        else:
+            first[key] = number
+    if repeats:
+        warnings.warn(f"{path}: {len(repeats)} line(s) repeat an earlier line exactly (first: line {repeats[0][0]} "
+                      f"repeats line {repeats[0][1]}); kept as interactions: remove them if they are duplicates")
 
 
 def _numbers(path: Path, numbers: np.ndarray, text: pd.Series, column: str) -> np.ndarray:

@@ -108,6 +108,7 @@ class Experiment:
                              f"or {SPEC_FILE}); choose another storage folder")
         else:  # a new experiment: a `reuse` entry that names nothing is a mistake in the spec
             reuse_stores(spec, log=None)
+        check_inputs(spec)
         return cls(spec, directory, log)
 
     def initialise(self, spec_path: str | Path) -> None:
@@ -173,6 +174,20 @@ def teacher_failed(job: Job, error: str) -> CSRecError:
     """A teacher out of retries: its students cannot run, so the run stops here, saying which."""
     return CSRecError(f"teacher {job.describe()} [{job.key}] failed: {error}; the models trained so far are kept: "
                       "fix the cause and `launch.py resume DIR`")
+
+
+def check_inputs(spec: ExperimentSpec) -> None:
+    """What a run would refuse later, refused before anything is written: every job of the plan
+    (its config), and every data set read as training reads it (a bad file found by the first job
+    used to leave a folder that the corrected spec was then refused as another spec's)."""
+    from csrec.data import load_sequence_data
+
+    make_plan(spec)
+    for name, config in spec.datasets.items():
+        try:
+            load_sequence_data(config)
+        except CSRecError as error:
+            raise CSRecError(f"datasets.{name}: {error}") from None
 
 
 def _check_identity(directory: Path, spec: ExperimentSpec, log) -> None:

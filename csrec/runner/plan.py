@@ -106,6 +106,8 @@ def make_plan(spec: ExperimentSpec) -> Plan:
             trials.append(Trial(dataset, model, method, spec.seeds[0], tuple(sorted(point.items())), "search", job))
     notes = [f"{method} is defined over sasrec only: no {method} cells for {', '.join(models)}"
              for method, models in left_out.items()]
+    notes += [f"search.{method} is not used: {method} is not in methods ({', '.join(spec.methods)})"
+              for method in spec.search if method not in spec.methods]
     return Plan(spec, trials, tpe_cells, notes)
 
 
