@@ -37,7 +37,7 @@ from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent, Tra
 from csrec.s3rec import FineTuningBCE, S3RecPretraining, pair_sequences, pretrain, pretraining_data, student_state
 from csrec.store import Store
 from csrec.tensorboard import EpochScalars
-from csrec.train import FitResult, fit, resolve_device, seed_everything
+from csrec.train import FitResult, device_record, fit, resolve_device, seed_everything
 
 MODELS = "models"
 
@@ -214,6 +214,7 @@ def _store_model(job: Job, store: Store, model, splits: Splits, fitted: FitResul
         "key": job.key, "job": job.describe(), "best_epoch": fitted.best_epoch, **metrics,
         "history": [dataclasses.asdict(r) for r in fitted.history],
         "started": started, "seconds": time.time() - started,  # this process's run (a resume: since resuming)
+        "device": device_record(next(model.parameters()).device),  # where it trained and was evaluated
     }
     _write_model(job, store, model, splits.data, model_config(job.model, **dict(job.model_overrides)), result,
                  per_user=frame)
@@ -236,12 +237,15 @@ def _write_model(job: Job, store: Store, module: torch.nn.Module, data, config, 
     store.write(MODELS, job.key, job.config(), fill)
 
 
-def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
+def evaluate_checkpoint(job: Job, work_dir: Path, device: torch.device | str = "cpu",
+                        evaluate: Callable | None = None) -> tuple[dict, pd.DataFrame]:
     """A job stopped before its budget (a search point stopped early): the best epoch so far of its
-    work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs)
-    and the per_user frame; seconds: its epochs' training and validation time. Never a model
-    artifact: the key names the model trained to the end. Evaluated where this runs (the driver,
-    which may have no GPU): on CUDA when present, else on the CPU."""
+    work checkpoint, evaluated. Returns the result dict (best_epoch, valid, test, history, epochs,
+    device: where it trained, when its checkpoint says) and the per_user frame; seconds: its
+    epochs' training and validation time. Never a model artifact: the key names the model trained
+    to the end. The checkpoint is read here; `evaluate(job, weights)` scores its best weights
+    (default: `evaluate_weights` on `device`; the Ray backend's runs them as a Ray task with the
+    trial's resources, so that a driver never ranks outside Ray's accounting of the GPUs)."""
     checkpoint = Path(work_dir) / job.key / "last.pt"
     if not checkpoint.is_file():
         raise CSRecError(f"{checkpoint} is missing, so the stopped {job.describe()} cannot be evaluated")
@@ -255,12 +259,18 @@ def evaluate_checkpoint(job: Job, work_dir: Path) -> tuple[dict, pd.DataFrame]:
     if owner != job.key:  # another job's weights (a copied file): never recorded as this point's
         raise CSRecError(f"{checkpoint} was written for job {owner}, not {job.key}, so the stopped {job.describe()} "
                          "cannot be evaluated from it")
-    splits = splits_for(job)
-    model = _restored(job, splits.data.n_items, splits.data.max_len, best, resolve_device("auto"))
-    metrics, frame = _evaluate(job, model, splits)
+    metrics, frame = (evaluate or (lambda j, w: evaluate_weights(j, w, device)))(job, best)
+    trained_on = {"device": payload["device"]} if payload.get("device") else {}  # checkpoints since issue 26
     return {"best_epoch": int(saved["best_epoch"]), "epochs": int(saved["epoch"]), **metrics,
             "history": [float(r["valid_score"]) for r in saved["history"]],
-            "seconds": sum(float(r["seconds"]) for r in saved["history"])}, frame
+            "seconds": sum(float(r["seconds"]) for r in saved["history"]), **trained_on}, frame
+
+
+def evaluate_weights(job: Job, weights: dict, device: torch.device | str = "cpu") -> tuple[dict, pd.DataFrame]:
+    """`job`'s model holding `weights`, evaluated on `device`: ({"valid", "test"} metrics, per_user frame)."""
+    splits = splits_for(job)
+    model = _restored(job, splits.data.n_items, splits.data.max_len, weights, device)
+    return _evaluate(job, model, splits)
 
 
 def read_result(store: Store, job: Job) -> dict:

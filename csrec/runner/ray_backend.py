@@ -18,10 +18,21 @@
 - Trials get artifact paths and Trial values, never object refs, and never launch Ray tasks themselves.
 - Resources are checked against the cluster's nodes before anything starts: a request no node can
   hold would wait forever.
+- Devices (issue 26): a job uses exactly what Ray granted it (`on_granted_device`): the CPU when it
+  was granted no GPU (since Ray 2.49 such a job sees every GPU of its node, and would take GPU 0),
+  `cuda:0` of its visible set when it was, an error when it was and torch sees no GPU. `cuda:N`
+  is refused. A GPU request becomes a CPU request only on a Ray started in this process on a
+  machine without a GPU; on a cluster joined with --address or RAY_ADDRESS that shows no GPU, the
+  run stops with one line, or waits for GPU nodes (an autoscaler's) when CSREC_WAIT_FOR_GPUS=1.
+  The decision is taken once a run, for teachers and trials alike. GPU teacher tasks run one per
+  worker process (max_calls=1: a reused process would keep the first task's CUDA context and
+  device), stopped ASHA points are evaluated as Ray tasks with the trial's resources, and a
+  process granted a fraction of a GPU may allocate that fraction of its memory only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -38,7 +49,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
 from csrec.errors import CSRecError, first_line
-from csrec.jobs import train_job
+from csrec.jobs import evaluate_weights, train_job
 from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
 from csrec.runner.epochs import EpochProgress
@@ -49,9 +60,15 @@ from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
 from csrec.runner.trials import record_stopped, run_trial
 from csrec.storage import RemotePath, remove_tree, tune_storage
 from csrec.store import Store, write_json_atomic
+from csrec.train import cap_gpu_memory, device_record, set_tf32
 from csrec.tensorboard import FOLDER, job_folder
 
 TRAINABLE = "csrec_student"
+# On a cluster joined with --address or RAY_ADDRESS that shows no GPU, "1": wait for GPU nodes to join
+# (an autoscaler adds them for the pending requests); unset: stop with one line.
+WAIT_FOR_GPUS = "CSREC_WAIT_FOR_GPUS"
+# Ray counts resources in fixed point, in units of 1/10,000: fractions are compared in those units.
+RESOURCE_UNIT = 10_000
 
 
 def start_ray(address: str | None = None, log=print) -> None:
@@ -96,13 +113,94 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def feasible(resources: Resources, log=print) -> Resources:
-    """A GPU request on a cluster without GPUs would stay pending forever: ask for CPU instead."""
-    if resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
-        warnings.warn(f"the spec asks for {resources.gpu} GPU per task but the Ray cluster has none; "
-                      "running on CPU (set gpu: 0 in the spec to silence this)")
+def feasible(resources: Resources, log=print, joined: bool = False, wait: bool = False, name: str = "resources",
+             cluster: dict | None = None) -> Resources:
+    """The request the run makes of Ray. A GPU request on a cluster without GPUs would stay pending
+    forever: on a Ray started in this process (`joined` False: this machine has no GPU) it becomes a
+    CPU request, with a warning. On a cluster the user joined, GPUs may be on their way (an
+    autoscaler adds nodes for pending requests, never for requests turned into CPU ones): with
+    `wait` the request stays as it is, else the run stops here with one line. `cluster`:
+    ray.cluster_resources() (read when not given)."""
+    cluster = ray.cluster_resources() if cluster is None else cluster
+    if resources.gpu <= 0 or cluster.get("GPU", 0) > 0:
+        return resources
+    if not joined:
+        warnings.warn(f"the spec asks for {resources.gpu:g} GPU per task but the Ray cluster has none; running on "
+                      "CPU (Ray started in this process, on a machine without a GPU; set gpu: 0 in the spec to "
+                      "silence this)")
         return Resources(cpu=resources.cpu, gpu=0.0)
-    return resources
+    if wait:
+        log(f"{name}: gpu {resources.gpu:g} per task; the Ray cluster shows no GPU yet, so its tasks wait "
+            f"for GPU nodes to join ({WAIT_FOR_GPUS}=1)")
+        return resources
+    raise CSRecError(f"{name} asks for {resources.gpu:g} GPU per task but the Ray cluster shows no GPU: set "
+                     f"{WAIT_FOR_GPUS}=1 to wait for GPU nodes (an autoscaler's), or gpu: 0 in the spec to train "
+                     "on CPUs")
+
+
+def how_many(total: float, each: float) -> int:
+    """How many requests of `each` fit in `total`, as Ray counts (fixed point): 5 of 0.2 in 1, where
+    the float 1 // 0.2 is 4.0."""
+    return int(round(total * RESOURCE_UNIT)) // max(1, int(round(each * RESOURCE_UNIT)))
+
+
+def as_task(function, resources: Resources):
+    """`function` as a Ray task holding `resources`, retried on a lost worker. One granted a GPU runs
+    in a worker process of its own (max_calls=1): a reused worker would keep the CUDA context,
+    device and cached memory of its first task, whatever GPU Ray grants the next. Ray sets
+    max_calls=1 only for functions that declare num_gpus in @ray.remote, and refuses it in .options()."""
+    once = {"max_calls": 1} if resources.gpu > 0 else {}
+    return ray.remote(max_retries=3, **once)(function).options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+
+
+def granted_device(device: str, gpu_ids: list, visible: str | None = None, cuda_count=None) -> str:
+    """The device of a job that Ray granted the GPUs `gpu_ids` (ray.get_gpu_ids(); [] for none),
+    for the spec's train.device. None granted: the CPU, without asking torch (Ray >= 2.49 leaves a
+    zero-GPU job every GPU of its node visible; asking would open a CUDA context). Granted: cuda:i,
+    i the place of the first granted id in CUDA_VISIBLE_DEVICES (`visible`; Ray sets it to the
+    granted ids, so i = 0), or the id itself where Ray was told not to set it. An explicit "cpu"
+    stays on the CPU (the GPU then only counts in Ray's scheduling). `cuda_count`: a function
+    returning torch.cuda.device_count() (the default)."""
+    if device.startswith("cuda:"):
+        raise CSRecError(cuda_index_refused(device))
+    if not gpu_ids:
+        if device == "cuda":
+            raise CSRecError("train.device is 'cuda' but Ray granted this job no GPU: set gpu > 0 in the spec's "
+                             "teacher_resources and trial_resources, or train.device: auto")
+        return "cpu"
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    count = (cuda_count or torch.cuda.device_count)()
+    ids = ",".join(str(g) for g in gpu_ids)
+    if count == 0:
+        raise CSRecError(f"Ray granted this job GPU {ids} but torch {torch.__version__} sees no CUDA device "
+                         f"(torch's CUDA: {torch.version.cuda or 'none, a CPU build'}; CUDA_VISIBLE_DEVICES="
+                         f"{visible!r}): install a CUDA build of torch where the Ray workers run, or set gpu: 0 in "
+                         "the spec's resources to train on CPUs")
+    listed = [v.strip() for v in visible.split(",")] if visible else None
+    first = str(gpu_ids[0])
+    index = listed.index(first) if listed and first in listed else (0 if listed else int(first))
+    if index >= count:
+        raise CSRecError(f"Ray granted this job GPU {ids} but torch sees {count} CUDA device(s) "
+                         f"(CUDA_VISIBLE_DEVICES={visible!r}); check the node's GPU setup")
+    return f"cuda:{index}"
+
+
+def cuda_index_refused(device: str) -> str:
+    return (f"train.device is {device!r}, but a Ray job sees only the GPUs Ray granted it (as cuda:0): set "
+            "train.device: auto (each job on the GPU Ray gives it), or run with --local to use that GPU")
+
+
+def on_granted_device(job: Job) -> Job:
+    """`job` as it runs in this Ray worker: on the device Ray granted it (`granted_device`), its
+    process capped to its share of that GPU's memory, TF32 as its config says."""
+    device = granted_device(job.train.device, ray.get_gpu_ids())
+    cap_gpu_memory(device, ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    set_tf32(job.train.allow_tf32)
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, device=device))
 
 
 def check_fits(name: str, resources: Resources) -> None:
@@ -121,7 +219,6 @@ def threads(resources: Resources) -> int:
     return max(1, int(resources.cpu))
 
 
-@ray.remote(max_retries=3)
 def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str,
                       on_epoch_end=None) -> tuple[str, str]:
     """Returns the job's key and the Ray node it ran on (logged: where did the teachers go);
@@ -129,6 +226,7 @@ def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int
     import torch
 
     torch.set_num_threads(num_threads)
+    job = on_granted_device(job)
     train_job(job, Store(store_root), Path(work_dir), on_epoch_end,
               curves=job_folder(experiment_dir, "teachers", job.describe(), job.key))
     return job.key, ray.get_runtime_context().get_node_id()
@@ -140,14 +238,17 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     to csrec.tensorboard.job_folder(experiment_dir, stage, ...).
 
     Its last report also says where it ran ("node_id"), on which GPUs ("gpu_ids", comma-separated
-    ids Ray gave it, "" on CPU: with fractional GPU requests, several trials show the same id) and
-    when (wall-clock seconds "began_at" and "ended_at"; Tune's own "timestamp" is whole seconds).
+    ids Ray gave it, "" on CPU: with fractional GPU requests, several trials show the same id), on
+    which device ("device": "cpu" or "cuda:0"; "device_name": the GPU's, or the CPU's architecture)
+    and when (wall-clock seconds "began_at" and "ended_at"; Tune's own "timestamp" is whole seconds).
     """
     import torch
 
     began_at = time.time()
     torch.set_num_threads(num_threads)
     trial = trials[config["point"]]
+    trial = dataclasses.replace(trial, job=on_granted_device(trial.job))
+    device = trial.job.train.device
     store = Store(store_root)
     checkpoint_file = Path(work_dir) / trial.job.key / "last.pt"
     restored = tune.get_checkpoint()
@@ -168,14 +269,24 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
         result = run_trial(trial, store, Path(work_dir), report_epoch,
                            job_folder(experiment_dir, stage, trial.label(), trial.job.key))
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
-        if torch.cuda.is_available():
+        if device != "cpu":
             torch.cuda.empty_cache()
     # No EPOCH key: the scheduler (csrec.runner.scheduler) decides on the epoch reports only.
     tune.report({"best_epoch": result["best_epoch"], f"valid_{SELECTION_METRIC}": result["valid"][SELECTION_METRIC],
                  f"test_{SELECTION_METRIC}": result["test"][SELECTION_METRIC], "done": True,
                  "node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+                 "device": device, "device_name": device_record(device)["name"],
                  "began_at": began_at, "ended_at": time.time()})
+
+
+def _evaluate_task(job: Job, weights: dict, num_threads: int) -> tuple:
+    """A stopped point's best weights, evaluated on the device Ray granted the task (jobs.evaluate_weights)."""
+    import torch
+
+    torch.set_num_threads(num_threads)
+    job = on_granted_device(job)
+    return evaluate_weights(job, weights, job.train.device)
 
 
 def error_line(error: BaseException) -> str:
@@ -204,16 +315,45 @@ def _fetch_stopped_checkpoints(results, trials: list[Trial], stopped: set[str], 
 class RayBackend:
     def __init__(self, address: str | None = None, log=print):
         self.log = log
+        # A cluster the user named may gain GPU nodes (an autoscaler); a Ray started here has this machine's.
+        self.joined = bool(address or os.environ.get("RAY_ADDRESS"))
+        self._requests: dict[str, Resources] = {}
         start_ray(address, log)
 
+    def request(self, name: str, spec) -> Resources:
+        """What the run asks of Ray for `name` ("teacher_resources" or "trial_resources"): `feasible`,
+        decided once a run, so that teachers and every stage's trials agree on the device."""
+        if name not in self._requests:
+            self._requests[name] = feasible(getattr(spec, name), self.log, self.joined,
+                                            os.environ.get(WAIT_FOR_GPUS, "") == "1", name)
+        return self._requests[name]
+
     def check(self, spec) -> None:
-        """Every request of the spec fits a node of the cluster (after a GPU request became CPU)."""
-        check_fits("teacher_resources", feasible(spec.teacher_resources, self.log))
-        check_fits("trial_resources", feasible(spec.trial_resources, self.log))
+        """Every request of the spec fits a node of the cluster (after a GPU request became CPU), and
+        train.device can be honoured on what Ray grants."""
+        if spec.train.device.startswith("cuda:"):
+            raise CSRecError(cuda_index_refused(spec.train.device))
+        for name in ("teacher_resources", "trial_resources"):
+            resources = self.request(name, spec)
+            if resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) <= 0:
+                continue  # waiting for GPU nodes (feasible said so): no node of today's cluster holds it
+            check_fits(name, resources)
+            if spec.train.device == "cuda" and resources.gpu <= 0:
+                raise CSRecError(f"train.device is 'cuda' but {name} asks for no GPU, and a Ray job uses only what "
+                                 f"Ray grants it: set gpu in {name} (e.g. 0.25), or train.device: auto")
+            if spec.train.device == "cpu" and resources.gpu > 0:
+                self.log(f"warning: train.device is 'cpu': the {resources.gpu:g} GPU per task of {name} is "
+                         "reserved but unused")
+
+    def _evaluator(self, spec):
+        """evaluate(job, weights) for record_stopped: a Ray task with the trial's resources."""
+        resources = self.request("trial_resources", spec)
+        task = as_task(_evaluate_task, resources)
+        return lambda job, weights: ray.get(task.remote(job, weights, threads(resources)))
 
     def train_models(self, jobs: list[Job], experiment) -> None:
-        resources = feasible(experiment.spec.teacher_resources, self.log)
-        task = _train_model_task.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+        resources = self.request("teacher_resources", experiment.spec)
+        task = as_task(_train_model_task, resources)
         pending = {job.key: job for job in jobs}
         jobs_by_key = dict(pending)
         running: dict = {}
@@ -245,7 +385,8 @@ class RayBackend:
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
         """The stage's trials in one Tuner; returns trial key -> error of those that failed. A trial
         the scheduler stopped (in an earlier driver too) gets its record instead of a Tune trial."""
-        trials = record_stopped(trials, experiment.store, experiment.work_dir, self.log)
+        trials = record_stopped(trials, experiment.store, experiment.work_dir, self.log,
+                                self._evaluator(experiment.spec))
         if not trials:
             return {}
         return self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
@@ -265,18 +406,18 @@ class RayBackend:
 
     def width(self, experiment, resources: Resources | None = None) -> int:
         """How many trials run at once: the spec's cap, or as many as the cluster's CPUs (and GPUs) hold."""
-        resources = resources or feasible(experiment.spec.trial_resources, self.log)
+        resources = resources or self.request("trial_resources", experiment.spec)
         cluster = ray.cluster_resources()
-        fits = cluster.get("CPU", 1) // resources.cpu
+        fits = how_many(cluster.get("CPU", 1), resources.cpu)
         if resources.gpu > 0:
-            fits = min(fits, cluster.get("GPU", 0) // resources.gpu)
-        return experiment.spec.max_concurrent_trials or max(1, int(fits))
+            fits = min(fits, how_many(cluster.get("GPU", 0), resources.gpu))
+        return experiment.spec.max_concurrent_trials or max(1, fits)
 
     def _tune(self, stage: str, trials: list[Trial], searcher, experiment) -> dict[str, str]:
         """Run the Tune experiment `stage` over `trials` in a new folder (module docstring)."""
         spec, work_dir = experiment.spec, experiment.work_dir
         scheduler = stage_scheduler(stage, trials, spec.scheduler, spec.train.max_epochs, experiment.store, work_dir)
-        resources = feasible(experiment.spec.trial_resources, self.log)
+        resources = self.request("trial_resources", experiment.spec)
         tune_dir = experiment.directory / "tune"
         path = tune_dir / stage
         replaced = path.exists()
@@ -293,7 +434,7 @@ class RayBackend:
                                  experiment_dir=str(experiment.directory), stage=stage),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
-        lanes = self.width(experiment, resources)  # `feasible` (and its GPU warning) once a stage
+        lanes = self.width(experiment, resources)
         view = LiveView(experiment, self.log, trials, EpochProgress(experiment, stage, len(trials), lanes, self.log))
         tuner = tune.Tuner(
             trainable,
@@ -315,7 +456,7 @@ class RayBackend:
             results = tuner.fit()
         stopped = set(getattr(scheduler, "stopped", {}))
         _fetch_stopped_checkpoints(results, trials, stopped, work_dir)
-        record_stopped(trials, experiment.store, work_dir, self.log)
+        record_stopped(trials, experiment.store, work_dir, self.log, self._evaluator(spec))
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
         # finished (its last report says done) nor failed, or was never started, means the stage was
         # stopped. Say so and stop the run, never go on to the next stage as if it had finished.

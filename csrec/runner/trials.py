@@ -41,7 +41,12 @@ def write_record(trial: Trial, store: Store) -> dict:
         return trial_result(store, trial)
     result = read_result(store, trial.job)
     source = store.require(MODELS, trial.job.key, f"the model of {trial.label()}") / "per_user.parquet"
-    return _store_record(trial, store, result, lambda target: shutil.copy(source, target))
+    return _store_record(trial, store, result, lambda target: shutil.copy(source, target), **_device(result))
+
+
+def _device(result: dict) -> dict:
+    """The record's "device" (csrec.train.device_record): where the model trained, when its result says."""
+    return {"device": result["device"]} if "device" in result else {}
 
 
 def _store_record(trial: Trial, store: Store, result: dict, write_per_user: Callable[[Path], object],
@@ -63,9 +68,11 @@ def write_stop_decision(work_dir: Path, trial: Trial, decision: dict) -> None:
     write_json_atomic(Path(work_dir) / trial.job.key / STOPPED_FILE, decision | {"label": trial.label()})
 
 
-def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print) -> list[Trial]:
+def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print,
+                   evaluate: Callable | None = None) -> list[Trial]:
     """Write the record of every unrecorded trial the scheduler stopped (a decision in its work
-    folder): its best epoch so far, evaluated, marked "stopped". Returns the trials not stopped."""
+    folder): its best epoch so far, evaluated, marked "stopped". Returns the trials not stopped.
+    `evaluate(job, weights)`: where the weights are scored (csrec.jobs.evaluate_checkpoint)."""
     pending = []
     for trial in trials:
         decision = read_json(Path(work_dir) / trial.job.key / STOPPED_FILE)
@@ -73,7 +80,7 @@ def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print)
             pending.append(trial)
             continue
         try:
-            result, frame = evaluate_checkpoint(trial.job, work_dir)
+            result, frame = evaluate_checkpoint(trial.job, work_dir, evaluate=evaluate)
         except CSRecError as error:  # its checkpoint is gone or unreadable: train the point again, never a wedge
             log(f"warning: {error}; the decision to stop {trial.label()} is dropped and the point trains again")
             (Path(work_dir) / trial.job.key / STOPPED_FILE).unlink(missing_ok=True)
@@ -81,7 +88,8 @@ def record_stopped(trials: list[Trial], store: Store, work_dir: Path, log=print)
             continue
         stopped = {k: v for k, v in decision.items() if k != "label"} | {
             k: result[k] for k in ("epochs", "history", "seconds")}
-        _store_record(trial, store, result, lambda target: frame.to_parquet(target, index=False), stopped=stopped)
+        _store_record(trial, store, result, lambda target: frame.to_parquet(target, index=False), stopped=stopped,
+                      **_device(result))
         shutil.rmtree(Path(work_dir) / trial.job.key, ignore_errors=True)
         log(f"stopped early: {trial.label()} after epoch {result['epochs']} (rung {decision['rung']}: best valid "
             f"{SELECTION_METRIC} {decision['score']:.4f} < cutoff {decision['cutoff']:.4f}); its best epoch "
