@@ -438,3 +438,31 @@ def test_a_trained_model_and_its_checkpoint_record_the_device(tmp_path, data):
         TrainConfig(max_epochs=1, device="cpu", progress=False), checkpoint_path=checkpoint)
     assert torch.load(checkpoint, weights_only=True)["device"] == {"kind": "cpu", "name": platform.machine()}
     assert device_record(torch.device("cpu")) == device_record("cpu") == {"kind": "cpu", "name": platform.machine()}
+
+
+@pytest.mark.cluster
+def test_joining_a_cluster_without_gpus_stops_with_one_line_never_a_cpu_run(tmp_path):
+    """`launch.py run --address` to a real cluster (`ray start --head --num-gpus 0`): the spec's GPU
+    request is not turned into a CPU one (an autoscaler would never add GPU nodes for it)."""
+    import subprocess
+    import sys
+
+    from tests.test_cluster import ROOT, Cluster
+
+    cluster = Cluster()
+    try:
+        cluster._ray("start", "--head", "--port", cluster.address.split(":")[1], "--num-cpus", "1", "--num-gpus", "0",
+                     "--include-dashboard", "false", "--temp-dir", str(cluster.folder / "ray"),
+                     "--disable-usage-stats", "--object-store-memory", str(200 * 1024 * 1024))
+        spec = smoke_spec(tmp_path, "joined", trial_resources={"cpu": 1, "gpu": 0.5})
+        done = subprocess.run([sys.executable, "launch.py", "run", str(spec), "--address", cluster.address],
+                              cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+    finally:
+        cluster.stop()
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "GPU" in line]
+    assert errors == ["error: trial_resources asks for 0.5 GPU per task but the Ray cluster shows no GPU: set "
+                      "CSREC_WAIT_FOR_GPUS=1 to wait for GPU nodes (an autoscaler's), or gpu: 0 in the spec to train "
+                      "on CPUs"], done.stderr[-2000:]
+    assert "running on CPU" not in done.stdout + done.stderr
+    assert not (tmp_path / "joined" / "store").exists()  # nothing trained
