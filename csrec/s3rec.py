@@ -43,6 +43,15 @@ Facts from the authors' code (RUCAIBox/CIKM2020-S3Rec: models.py `pretrain`, dat
   pre_epochs is 300. RecBole's S3Rec page: aap 1.0, mip 0.2, map 1.0, sp 0.5, mask_ratio 0.2,
   pretrain_epochs 500 (its tuning range 50/100/150).
 
+Cost (issue 22): a batch of prefixes is sampled at full width (max_len columns: the draws of the
+padded computation), then by default (`pretrain(cut_batches=True)`) its rows are split by length
+(`length_groups`) and each group is cut to its longest prefix (`cut`) before encoding. Every
+objective is a sum over rows, attention masks the padded keys and a row's positions depend on its
+length only, so the losses and gradients are the padded batch's (same masks, negatives and
+segments; float rounding aside) over a fraction of the positions: on Beauty the mean prefix holds 7
+items of 50. Dropout draws differ (other shapes), not their distribution. cut_batches=False
+encodes every row at max_len as the authors do (the reference of benchmarks/s3rec_pretraining_cost.py).
+
 Deviations, each without effect on what is optimised except where said:
 - Rows are right-padded (real items first) as everywhere in this project, where the reference
   left-pads; the encoder reads the last real position where the reference reads column -1. With
@@ -78,9 +87,14 @@ from csrec.batching import epoch_generator
 from csrec.data.samples import SequenceData
 from csrec.errors import NonFiniteLossError, first_line
 from csrec.models import SASRec, SASRecConfig, gather_last
+from csrec.precision import float32
 from csrec.train import TrainConfig, resolve_device, save_atomic
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
+# What one more length group costs, in padded positions (rows x width): an encoder pass over a group
+# is some hundred small ops whatever its size. Measured on one CPU thread with Beauty's settings
+# (benchmarks/s3rec_pretraining_cost.py --group-costs); a wrong value costs time, never results.
+GROUP_COST = 100
 NEGATIVE_DRAWS = 64  # rejection rounds for MIP negatives; a prefix holding (almost) every item keeps its last draw
 
 
@@ -99,6 +113,7 @@ def pairwise_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tenso
 FINETUNING = ("bce", "ce")  # the fine-tuning objectives (module docstring)
 
 
+@float32
 def finetuning_bce(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """The authors' fine-tuning loss: scores of the next items positive [T] and of one negative each
     negative [T] -> mean over T of -log sigmoid(positive) - log(1 - sigmoid(negative))."""
@@ -209,13 +224,49 @@ def sample_batch(items: torch.Tensor, lengths: torch.Tensor, long_sequence: torc
     start = (torch.rand(batch, generator=generator) * (lengths - segment_length + 1)).long()  # [B]
     negative_start = (torch.rand(batch, generator=generator) * (len(long_sequence) - segment_length + 1)).long()
     inside = (column >= start[:, None]) & (column < (start + segment_length)[:, None])  # [B, L]
-    cut = (negative_start[:, None] + column - start[:, None]).clamp(0, len(long_sequence) - 1)  # [B, L]
+    source = (negative_start[:, None] + column - start[:, None]).clamp(0, len(long_sequence) - 1)  # [B, L]
     return PretrainingBatch(
         items=items, lengths=lengths, masked_items=masked_items, negative_items=negative_items,
         masked_segment=torch.where(inside, mask_item, items),
         positive_segment=torch.where(real & ~inside, mask_item, items),
-        negative_segment=torch.where(inside, long_sequence[cut], torch.where(real, mask_item, 0)),
+        negative_segment=torch.where(inside, long_sequence[source], torch.where(real, mask_item, 0)),
         has_segment=lengths >= 2)
+
+
+def length_groups(lengths: torch.Tensor, group_cost: float = GROUP_COST) -> list[torch.Tensor]:
+    """The rows of a batch (lengths [B], on the host) in groups of similar length, each group's row
+    indices [B_g] ascending by length: the split of the sorted lengths that minimises the positions
+    encoded, sum over groups of rows x longest length, plus `group_cost` per group (exact, dynamic
+    programming over the distinct lengths; rows of one length are never split)."""
+    order = torch.argsort(lengths, stable=True)  # [B]
+    values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+    values, ends = values.tolist(), torch.cumsum(counts, 0).tolist()  # [D]: group k ends at row ends[k]
+    best, first = [0.0], [0]  # best[k]: cost of the shortest k distinct lengths; first[k]: its last group's start
+    for k in range(1, len(values) + 1):
+        options = [best[i] + (ends[k - 1] - (ends[i - 1] if i else 0)) * values[k - 1] + group_cost
+                   for i in range(k)]
+        first.append(min(range(k), key=options.__getitem__))
+        best.append(options[first[-1]])
+    groups, k = [], len(values)
+    while k:
+        start = ends[first[k] - 1] if first[k] else 0
+        groups.append(order[start:ends[k - 1]])
+        k = first[k]
+    return groups[::-1]
+
+
+def cut(batch: PretrainingBatch, rows: torch.Tensor | None = None) -> PretrainingBatch:
+    """The rows `rows` of `batch` (all by default) cut to their longest prefix: the columns dropped
+    hold padding only in every [B, L] field, and a row's positions depend on its length, not on the
+    width (SASRec.positions: t, or max_len - n + t as under the authors' left padding)."""
+    lengths = batch.lengths if rows is None else batch.lengths[rows]
+    width = int(lengths.max())
+
+    def take(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor if rows is None else tensor[rows]
+        return tensor[:, :width] if tensor.dim() == 2 else tensor
+
+    return PretrainingBatch(**{f.name: take(getattr(batch, f.name)) for f in dataclasses.fields(batch)})
 
 
 def _negatives(items: torch.Tensor, n_items: int, generator: torch.Generator) -> torch.Tensor:
@@ -252,9 +303,18 @@ class S3RecPretraining(nn.Module):
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         return self.encoder.encode_positions(items, bidirectional=True)  # [B, L, H]
 
-    def losses(self, batch: PretrainingBatch, attributes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each objective's loss per prefix of the batch (module docstring). attributes [n_items + 1,
-        A + 1] bool: the multi-hot attributes of every item id."""
+    def losses(self, batch: PretrainingBatch | list[PretrainingBatch], attributes: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+        """Each objective's loss per prefix of the batch (module docstring), or of the batch given in
+        parts (its length groups, each `cut`): their sums over the parts' rows / the number of rows.
+        attributes [n_items + 1, A + 1] bool: the multi-hot attributes of every item id."""
+        parts = [batch] if isinstance(batch, PretrainingBatch) else batch
+        sums = [self.loss_sums(part, attributes) for part in parts]
+        size = sum(len(part.lengths) for part in parts)
+        return {name: sum(s[name] for s in sums) / size for name in OBJECTIVES}
+
+    def loss_sums(self, batch: PretrainingBatch, attributes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each objective's loss summed over the prefixes of the batch."""
         hidden = self.encode(batch.masked_items)  # [B, L, H]
         real, masked = batch.items > 0, batch.masked_items == self.mask_item  # [B, L]
         shown = real & ~masked
@@ -270,8 +330,7 @@ class S3RecPretraining(nn.Module):
         positive = gather_last(self.encode(batch.positive_segment[rows]), lengths)  # [B', H]
         negative = gather_last(self.encode(batch.negative_segment[rows]), lengths)  # [B', H]
         sp = pairwise_loss((context * positive).sum(-1), (context * negative).sum(-1))
-        size = len(batch.lengths)
-        return {"aap": aap / size, "mip": mip / size, "map": map_ / size, "sp": sp / size}
+        return {"aap": aap, "mip": mip, "map": map_, "sp": sp}
 
 
 def total_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -324,9 +383,10 @@ class PretrainingEpoch:
 
 
 def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.Tensor, params: dict[str, float],
-             config: TrainConfig, checkpoint: Path, log=print) -> list[PretrainingEpoch]:
+             config: TrainConfig, checkpoint: Path, log=print, cut_batches: bool = True) -> list[PretrainingEpoch]:
     """`config.max_epochs` epochs of Adam on shuffled batches of `config.batch_size` prefixes;
-    `params`: the four `<objective>_weight`s and `mask_ratio`.
+    `params`: the four `<objective>_weight`s and `mask_ratio`. cut_batches: each batch encoded in length
+    groups cut to their longest prefix (the same losses, module docstring); False: padded to max_len.
 
     Every draw of an epoch (order, masks, negatives, segments, dropout) comes from (config.seed,
     epoch), so a run resumed from the epoch checkpoint `checkpoint` ends as an uninterrupted one. A
@@ -352,7 +412,8 @@ def pretrain(module: S3RecPretraining, data: PretrainingData, attributes: torch.
         for rows in order.split(config.batch_size):
             batch = sample_batch(data.prefixes[rows], data.lengths[rows], data.long_sequence, module.mask_item,
                                  params["mask_ratio"], generator)
-            losses = module.losses(_to(batch, device), attributes)
+            parts = [cut(batch, group) for group in length_groups(batch.lengths)] if cut_batches else [batch]
+            losses = module.losses([_to(part, device) for part in parts], attributes)
             losses["total"] = total_loss(losses, params)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()

@@ -5,6 +5,7 @@ file's checks, a local run that pretrains once for two seeds, and `launch.py tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,9 +29,9 @@ from csrec.runner.plan import make_plan
 from csrec.batching import TrainingData
 from csrec.data.splits import training_sequences
 from csrec.jobs import build_objective, splits_for
-from csrec.s3rec import (FineTuningBCE, PretrainingBatch, S3RecPretraining, attribute_loss, finetuning_bce,
-                         pair_sequences, pairwise_loss, pretrain, pretraining_data, sample_batch, student_state,
-                         total_loss)
+from csrec.s3rec import (FineTuningBCE, PretrainingBatch, S3RecPretraining, attribute_loss, cut, finetuning_bce,
+                         length_groups, pair_sequences, pairwise_loss, pretrain, pretraining_data, sample_batch,
+                         student_state, total_loss)
 from csrec.store import Store
 from csrec.train import TrainConfig
 from tests.conftest import make_sequence_data, write_smoke_spec
@@ -356,6 +357,120 @@ def test_end_aligned_positions_are_the_authors_left_padding_positions():
     items = torch.tensor([[3, 4, 0, 0], [1, 2, 3, 4]])
     assert m.positions(items).tolist() == [[4, 5, 5, 5], [2, 3, 4, 5]]  # the last item at max_len - 1
     assert build_model("sasrec", 10, 6, embedding_size=8, inner_size=16).positions(items).tolist() == [0, 1, 2, 3]
+
+
+# ---- cut batches: the padded computation's losses over fewer positions ----------------------------
+
+def varied_batch(mask_item: int):
+    """A batch of 30 prefixes of lengths 1..10 at width max_len 10 (some rows full), masks, negatives
+    and segments drawn at full width as `pretrain` draws them; its data."""
+    data = dataclasses.replace(make_sequence_data(n_sequences=40, n_items=30, max_len=14, seed=5), max_len=10)
+    samples = pretraining_data(data)
+    rows = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:30]
+    batch = sample_batch(samples.prefixes[rows], samples.lengths[rows], samples.long_sequence, mask_item, 0.3,
+                         torch.Generator().manual_seed(1))
+    return batch, data
+
+
+def random_attributes(n_items: int) -> torch.Tensor:
+    attributes = torch.zeros(n_items + 1, 5, dtype=torch.bool)  # [n_items + 1, A + 1]; column 0 padding
+    attributes[1:, 1:] = torch.rand(n_items, 4, generator=torch.Generator().manual_seed(2)) < 0.4
+    return attributes
+
+
+@pytest.mark.parametrize("end_aligned", [0, 1])
+def test_a_batch_cut_into_length_groups_has_the_padded_batchs_losses_and_gradients(end_aligned):
+    config = dataclasses.replace(SMALL, end_aligned_positions=end_aligned)
+    torch.manual_seed(0)
+    module = S3RecPretraining(30, 10, config, n_attributes=4)
+    batch, _ = varied_batch(module.mask_item)
+    attributes = random_attributes(30)
+    groups = length_groups(batch.lengths, group_cost=4)
+    parts = [cut(batch, g) for g in groups]
+    assert sorted(torch.cat(groups).tolist()) == list(range(30))  # every row once
+    assert [p.items.shape[1] for p in parts] == [int(p.lengths.max()) for p in parts]
+    assert len(parts) >= 3 and parts[-1].items.shape[1] == 10 and parts[0].items.shape[1] < 5
+    assert sum(p.items.numel() for p in parts) < 0.75 * batch.items.numel()
+
+    def losses_and_gradients(given):
+        module.zero_grad()
+        losses = module.losses(given, attributes)
+        total_loss(losses, S3REC_DEFAULTS).backward()
+        return {k: v.item() for k, v in losses.items()}, [p.grad.clone() for p in module.parameters()]
+
+    padded, padded_gradients = losses_and_gradients(batch)
+    grouped, grouped_gradients = losses_and_gradients(parts)
+    assert min(padded.values()) > 0.01 and grouped == pytest.approx(padded, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grouped_gradients, padded_gradients))
+    assert module.losses(cut(batch), attributes)["sp"].item() == pytest.approx(padded["sp"], rel=1e-5)
+
+
+def test_a_cut_rows_items_sit_at_the_positions_of_the_authors_left_padding():
+    torch.manual_seed(0)
+    module = S3RecPretraining(30, 10, dataclasses.replace(SMALL, end_aligned_positions=1), n_attributes=4).eval()
+    encoder = module.encoder
+    batch, _ = varied_batch(module.mask_item)
+    part = cut(batch, length_groups(batch.lengths, group_cost=4)[0])  # the shortest prefixes
+    n = part.lengths  # [B]
+    # the authors' row: the items at the right end of max_len columns, position index = column
+    left = torch.zeros(len(n), 10, dtype=torch.long)
+    for r, length in enumerate(n.tolist()):
+        left[r, 10 - length:] = part.masked_items[r, :length]
+    real = left > 0
+    with torch.no_grad():
+        x = encoder.embedding_norm(encoder.item_embedding(left) + encoder.position_embedding(torch.arange(10)))
+        for layer in encoder.layers:
+            x = layer(x, real)  # [B, 10, H], bidirectional over the real keys as the authors' pretraining
+        ours = module.encode(part.masked_items)  # [B, width, H]
+    column = torch.arange(part.items.shape[1])
+    for r, length in enumerate(n.tolist()):
+        assert encoder.positions(part.masked_items)[r, :length].tolist() == list(range(10 - length, 10))
+        assert torch.allclose(ours[r, :length], x[r, 10 - length:], atol=1e-5)
+    assert part.items.shape[1] < 10 and not (part.items[column >= n[:, None]]).any()
+
+
+def test_length_groups_minimise_positions_plus_the_cost_of_a_group():
+    lengths = torch.tensor([1] * 20 + [50])
+    assert [g.tolist() for g in length_groups(lengths, group_cost=100)] == [list(range(20)), [20]]  # 270 < 1,150
+    assert [g.tolist() for g in length_groups(lengths, group_cost=2000)] == [list(range(21))]
+    assert [g.tolist() for g in length_groups(torch.tensor([3, 1, 3, 2]), 0)] == [[1], [3], [0, 2]]
+    generator = torch.Generator().manual_seed(0)
+    for cost in (0, 3, 10, 40):
+        lengths = torch.randint(1, 9, (15,), generator=generator)
+        values = sorted(set(lengths.tolist()))
+
+        def cost_of(groups):
+            return sum(len(g) * int(lengths[g].max()) + cost for g in groups)
+
+        def every_split(k):  # every grouping of the distinct lengths into runs: its smallest cost
+            best = math.inf
+            for mask in range(2 ** (k - 1)):
+                bounds = [0] + [i + 1 for i in range(k - 1) if mask >> i & 1] + [k]
+                best = min(best, sum(int(((lengths >= values[a]) & (lengths <= values[b - 1])).sum()) * values[b - 1]
+                                     + cost for a, b in zip(bounds, bounds[1:])))
+            return best
+
+        assert cost_of(length_groups(lengths, cost)) == every_split(len(values))
+
+
+def test_pretraining_on_cut_batches_ends_as_the_padded_pretraining(tmp_path):
+    data = dataclasses.replace(make_sequence_data(n_sequences=20, n_items=15, max_len=14, seed=3), max_len=10)
+    samples = pretraining_data(data)
+    attributes = random_attributes(data.n_items)
+    config = TrainConfig(max_epochs=2, batch_size=16, seed=4, device="cpu")
+    runs = {}
+    for cut_batches in (False, True):
+        torch.manual_seed(0)
+        module = S3RecPretraining(data.n_items, data.max_len, dataclasses.replace(SMALL, end_aligned_positions=1), 4)
+        history = pretrain(module, samples, attributes, S3REC_DEFAULTS, config, tmp_path / f"{cut_batches}.pt",
+                           log=lambda _: None, cut_batches=cut_batches)
+        runs[cut_batches] = module, history
+    (padded, padded_history), (grouped, grouped_history) = runs[False], runs[True]
+    for a, b in zip(padded_history, grouped_history):  # the same masks each epoch: the same losses
+        assert b.losses == pytest.approx(a.losses, rel=1e-5)
+    assert padded_history[1].losses["total"] < padded_history[0].losses["total"]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(padded.state_dict().values(),
+                                                               grouped.state_dict().values()))
 
 
 # ---- attributes: missing or malformed --------------------------------------------------------------
