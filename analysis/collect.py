@@ -178,6 +178,10 @@ def read_json(path: Path, repair: str) -> dict:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
         value = None
+    if isinstance(value, dict) and path.name == "plan.json" and not all(
+            isinstance(rows, list) and all(isinstance(row, dict) for row in rows)
+            for rows in (value.get("teachers", []), value.get("trials", []))):
+        value = None  # valid JSON whose rows are not objects: as damaged as a cut file (issue 24)
     if not isinstance(value, dict):
         raise CSRecError(f"{path} is damaged (not a JSON object); {repair}")
     return value

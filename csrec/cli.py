@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from csrec import __version__
-from csrec.errors import CSRecError
+from csrec.errors import CSRecError, first_line
 from csrec.storage import check_reachable, location, remove_tree, work_dir
 
 # How much is printed: -q / default / -v, or CSREC_LOG_LEVEL (quiet, info, verbose) when neither is given.
@@ -637,6 +637,10 @@ def main(argv: list[str] | None = None, prog: str = "csrec") -> int:
     except CSRecError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the machine or the storage: full, read-only, unreachable, credentials expired
+        print(f"error: {first_line(error)}; finished work is kept: fix the disk, permissions, network or credentials "
+              f"and run the command again (`{prog} resume DIR` for a run)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted: finished work is kept; `{prog} resume DIR` goes on from there", file=sys.stderr)
         return 130

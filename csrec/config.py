@@ -471,7 +471,7 @@ def _against(value: str, folder: Path) -> str:
     if "://" in value or not value.strip():
         return value
     place = Path(value).expanduser()
-    return str(place if place.is_absolute() else (folder / place).resolve())
+    return str(place if place.is_absolute() else resolved_path(folder / place, value))
 
 
 def apply_overrides(raw, overrides) -> set[str]:
@@ -512,7 +512,7 @@ def resolve_attributes(value: str, folder: Path | None = None) -> str:
         resolved = datasets.resolve(value, attributes=True)
     else:
         resolved = Path(value).expanduser()
-        resolved = resolved if resolved.is_absolute() else ((folder or Path.cwd()) / resolved).resolve()
+        resolved = resolved if resolved.is_absolute() else resolved_path((folder or Path.cwd()) / resolved, value)
         if not resolved.is_file():
             also = (f" and '{value}' is not a registered data set ({', '.join(datasets.REGISTRY)})"
                     if datasets.looks_like_name(value) else "")
@@ -540,12 +540,20 @@ def _resolve_data(data: dict, folder: Path, where: str) -> dict:
         return datasets.protocol_settings(datasets.REGISTRY[value], data) | data | {"path": str(resolved)}
     data_path = Path(value).expanduser()
     if not data_path.is_absolute():
-        data_path = (folder / data_path).resolve()
+        data_path = resolved_path(folder / data_path, where)
     if not data_path.is_file():
         also = (f" and '{value}' is not a registered data set ({', '.join(datasets.REGISTRY)})"
                 if datasets.looks_like_name(value) else "")
         raise CSRecError(f"{where}: no file at {data_path}{also}; fix the path")
     return data | {"path": str(data_path)}
+
+
+def resolved_path(path: Path, where: str) -> Path:
+    """path.resolve(), with a symlink loop (RuntimeError in Python < 3.13) as one line naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as error:
+        raise CSRecError(f"{where}: {path} cannot be resolved ({error}); fix the link or give another path") from None
 
 
 def spec_to_yaml(spec: ExperimentSpec) -> str:

@@ -4,6 +4,9 @@ The CLI prints its message without a traceback and exits with status 2 (FailedTr
 message says what to change.
 """
 
+import errno
+import shutil
+
 
 class CSRecError(Exception):
     """A problem the user can fix; the message says what to change."""
@@ -19,6 +22,22 @@ class FailedTrials(CSRecError):
     """The run went through every stage, but some trials failed: its table marks their cells."""
 
     exit_code = 3
+
+
+# Below this many free bytes a failed write is taken for a full disk (torch.save's RuntimeError).
+FULL_DISK_BYTES = 16 << 20
+
+
+def disk_full(error: BaseException, folder) -> BaseException:
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos", "file write failed"): an
+    OSError (ENOSPC) naming the folder when its disk has (almost) no space left, else `error`."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return error
+    if free >= FULL_DISK_BYTES:
+        return error
+    return OSError(errno.ENOSPC, f"No space left on the disk of {folder} ({free} bytes free; {first_line(error)})")
 
 
 def first_line(error: BaseException) -> str:

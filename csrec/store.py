@@ -30,7 +30,7 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 
 from csrec import storage
-from csrec.errors import CSRecError
+from csrec.errors import CSRecError, disk_full
 from csrec.storage import RemotePath
 
 META = "meta.json"
@@ -162,7 +162,10 @@ class Store:
         tmp = staging / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            fill(tmp)
+            try:
+                fill(tmp)
+            except RuntimeError as error:  # torch.save's word for a full disk: said as one (errors.disk_full)
+                raise disk_full(error, tmp) from error
             paths = [p for p in sorted(tmp.iterdir()) if p.is_file()]
             meta = {"key": key, "config": config, "files": {p.name: file_sha256(p) for p in paths},
                     "sizes": {p.name: p.stat().st_size for p in paths}, "created": time.time()}

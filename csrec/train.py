@@ -27,7 +27,7 @@ from torch import nn
 from csrec.batching import (BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_logits, epoch_generator,  # noqa: F401
                             training_loss)
 from csrec.data.samples import Samples, TrainSequences
-from csrec.errors import CSRecError, NonFiniteLossError, first_line
+from csrec.errors import CSRecError, NonFiniteLossError, disk_full, first_line
 from csrec.objectives import CrossEntropy
 
 # Train-config fields that change how a job runs but not what it computes (left out of store keys).
@@ -312,8 +312,10 @@ def save_atomic(payload, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, RuntimeError):  # torch's word for a full disk: said as one (csrec.errors.disk_full)
+            raise disk_full(error, path.parent) from error
         raise
 
 

@@ -142,6 +142,16 @@ def locked(host: str | None) -> Callable[[Path], list]:
 HELD: list = []  # locks this process holds for a case (released after it)
 
 
+def wrong_rows(command: str) -> Callable[[Path], list]:
+    """A started experiment whose plan.json is valid JSON with trials that are not objects."""
+    def build(folder: Path) -> list:
+        directory = started(folder)
+        plan = json.loads((directory / "plan.json").read_text())
+        (directory / "plan.json").write_text(json.dumps(plan | {"trials": ["x"]}))
+        return [command, directory]
+    return build
+
+
 def attributes_file(text: str) -> Callable[[Path], list]:
     """A dry run of s3rec whose data set's attribute file holds `text`."""
     def build(folder: Path) -> list:
@@ -370,6 +380,20 @@ CASES = [
     Case("dir-locked", "a second driver while one runs", locked(None), "is being run by another driver"),
     Case("dir-locked-elsewhere", "a lock left by a driver on another host", locked("elsewhere.example"),
          "names a driver on another host"),
+    # ---- issue 24, points 7 and 8 -----------------------------------------------------------------------
+    Case("dir-status-plan-rows", "status of a plan.json whose trials are not objects", wrong_rows("status"),
+         "plan.json is damaged"),
+    Case("dir-table-plan-rows", "table of a plan.json whose trials are not objects", wrong_rows("table"),
+         "plan.json is damaged"),
+    Case("dir-report-plan-rows", "report of a plan.json whose trials are not objects", wrong_rows("report"),
+         "plan.json is damaged"),
+    Case("spec-data-loop", "a data path that is a symlink loop",
+         lambda f: ((f / "a.csv").symlink_to(f / "b.csv"), (f / "b.csv").symlink_to(f / "a.csv"),
+                    ["run", spec(f, datasets__smoke__path="a.csv"), "--dry-run"])[2], "cannot be resolved"),
+    Case("spec-address-closed", "run --address 127.0.0.1:1 (nothing listens)",
+         lambda f: ["run", spec(f), "--address", "127.0.0.1:1"], "nothing answers there"),
+    Case("spec-address-malformed", "run --address not-an-address",
+         lambda f: ["run", spec(f), "--address", "not-an-address"], "is not host:port"),
     Case("data-fetch", "data fetch of an unknown name", lambda f: ["data", "fetch", "lastfmx"], "lastfmx"),
     Case("data-path", "data path of an unknown name", lambda f: ["data", "path", "lastfmx"], "lastfmx"),
 ]

@@ -399,3 +399,71 @@ def test_another_jobs_work_checkpoint_is_discarded_not_resumed(tmp_path):
     assert len(losses) == 3 and losses == reference[0]
     assert all(torch.equal(weights[k], v) for k, v in reference[1].items())
     assert torch.load(checkpoint, weights_only=True)["owner"] == "job-b"  # rewritten by its own job
+
+
+# ---- the machine and the storage (issue 24, points 7 and 8) --------------------------------------------
+
+@pytest.mark.parametrize("where, error", [
+    ("csrec.runner.local_backend.LocalBackend.train_models",  # object storage gone mid-run
+     OSError("When reading information for key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION during HeadObject")),
+    ("csrec.runner.experiment.write_text_atomic", OSError(30, "Read-only file system")),  # EROFS
+    ("csrec.runner.experiment.write_text_atomic", OSError(28, "No space left on device")),  # ENOSPC
+])
+def test_the_machine_or_the_storage_failing_is_one_line_and_a_resume_goes_on(tmp_path, capsys, monkeypatch,
+                                                                             where, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(where, fail)
+    code, out, err = launch_main(capsys, "run", write_smoke_spec(tmp_path, "broken"), "--local")
+    assert_refused(code, err, first_line_of(error), "finished work is kept", "resume DIR")
+
+
+def first_line_of(error: OSError) -> str:
+    from csrec.errors import first_line
+    return first_line(error)
+
+
+def test_a_full_disk_that_torch_reports_as_a_runtime_error_is_said_as_one(tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError ("unexpected pos"): a traceback of `train --store`."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from csrec import errors
+    from csrec.store import Store
+    from csrec.train import save_atomic
+
+    usage, disk_usage = namedtuple("usage", "total used free"), shutil_module.disk_usage
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda folder: usage(1 << 30, (1 << 30) - 8192, 8192))
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed, unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"No space left on the disk of .* \(8192 bytes free; RuntimeError"):
+        Store(tmp_path / "store").write("models", "k", {}, lambda d: torch.save({}, d / "model.pt"))
+    with pytest.raises(OSError, match="No space left on the disk of"):
+        save_atomic({}, tmp_path / "work" / "last.pt")
+    assert not list((tmp_path / "work").iterdir())  # no temporary file left behind
+    monkeypatch.setattr(errors.shutil, "disk_usage", disk_usage)  # space left: torch's error as it is
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_atomic({}, tmp_path / "work" / "last.pt")
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_status_with_a_progress_file_of_wrong_types_says_so(tmp_path, capsys):
+    from test_bad_inputs import started
+
+    directory = started(tmp_path)
+    (directory / "progress.json").write_text(json.dumps({"updated": "x", "stage": 3}))
+    code, out, err = launch_main(capsys, "status", directory)
+    assert code == 0 and "progress.json is damaged (updated is not a time); the driver's progress is not known" in out
+
+
+def test_a_bad_ray_address_in_the_environment_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "not-an-address")
+    code, out, err = launch_main(capsys, "run", write_smoke_spec(tmp_path, "addressed"))
+    assert_refused(code, err, "Ray address 'not-an-address' (--address or RAY_ADDRESS) is not host:port")
+    assert not (tmp_path / "addressed").exists()

@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -71,6 +72,26 @@ WAIT_FOR_GPUS = "CSREC_WAIT_FOR_GPUS"
 RESOURCE_UNIT = 10_000
 
 
+CONNECT_TIMEOUT_S = 10  # Ray itself retries an address where nothing answers for minutes, without a word
+
+
+def check_address(address: str) -> None:
+    """A cluster address (host:port, or ray://host:port for Ray Client) where something accepts a
+    connection within CONNECT_TIMEOUT_S; "auto" and "local" are Ray's own and left to it."""
+    if address in ("auto", "local"):
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise CSRecError(f"Ray address {address!r} (--address or RAY_ADDRESS) is not host:port; give the head's "
+                         "address (`ray start --head` prints it), or leave both out to start Ray in this process")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise CSRecError(f"Ray address {address}: nothing answers there ({error.strerror or error}, within "
+                         f"{CONNECT_TIMEOUT_S} s); start the head (`ray start --head`), check the address and the "
+                         "network, or leave --address and RAY_ADDRESS out to start Ray in this process") from None
+
+
 def start_ray(address: str | None = None, log=print) -> None:
     """Join `address` (or RAY_ADDRESS); without either, start Ray in this process, bound to 127.0.0.1
     (token authentication, on by default for local clusters, stays on)."""
@@ -89,7 +110,13 @@ def start_ray(address: str | None = None, log=print) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        check_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ValueError, ConnectionError) as error:  # a malformed address, or no cluster answering there
+            raise CSRecError(f"Ray address {address!r} (--address or RAY_ADDRESS): cannot join a cluster there "
+                             f"({first_line(error)}); give the head's host:port (`ray start --head` prints it), "
+                             "or leave both out to start Ray in this process") from None
         log(f"ray: joined the cluster at {address}: {ray.cluster_resources()}")
     else:
         # "local": a new instance even when `ray start` left its address in RAY_TMPDIR's

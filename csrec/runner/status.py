@@ -24,7 +24,9 @@ def status(directory: str | Path) -> str:
         raise CSRecError(f"{directory}: no plan.json, so not an experiment directory (or one never started); give "
                          "the storage folder of a spec that was run")
     plan = read_json(plan_file)
-    if plan is None or not isinstance(plan.get("teachers"), list) or not isinstance(plan.get("trials"), list):
+    if plan is None or not all(isinstance(plan.get(part), list) and all(isinstance(row, dict) and "key" in row
+                                                                         for row in plan[part])
+                               for part in ("teachers", "trials")):
         raise CSRecError(f"{plan_file} is damaged (not the plan the runner writes); `launch.py resume {directory}` "
                          "writes it again")
     store = Store(directory / "store")
@@ -35,6 +37,10 @@ def status(directory: str | Path) -> str:
     search_done = sum(t["key"] in trials for t in search)
     notes: list[str] = []
     progress = read_json(directory / "progress.json", notes.append, "the driver's progress is not known") or {}
+    if not isinstance(progress.get("updated", 0), (int, float)):  # valid JSON, wrong types: as damaged as a cut file
+        notes.append(f"{directory / 'progress.json'} is damaged (updated is not a time); the driver's progress is not "
+                     "known")
+        progress = {}
     age = time.time() - progress.get("updated", 0)
     lines = [
         f"experiment {directory}",
