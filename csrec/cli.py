@@ -109,6 +109,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the shuffling")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the model and its output layer in autocast: bf16 (a CPU with AVX512-BF16 or AMX, or CUDA), "
+                        "fp16 (CUDA, loss scaling); losses, soft labels and ranking stay float32 (docs/PERFORMANCE.md)")
     s = p.add_argument_group("soft labels (CSRec)")
     s.add_argument("--method", default="base", choices=METHOD_NAMES, type=name_in(METHOD_NAMES),
                    help="training method (any case: CSRec-M)")
@@ -180,6 +183,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from csrec.jobs import MODELS, train_job
     from csrec.methods import GRID_PARAMS, base_job, dependencies, student_job
     from csrec.store import Store
+    from csrec.precision import check_precision
     from csrec.train import TrainConfig, resolve_device
 
     from csrec.models import MODELS as MODEL_REGISTRY
@@ -207,11 +211,15 @@ def _run_train(args: argparse.Namespace) -> int:
     train = TrainConfig(batch_size=args.batch_size, learning_rate=args.lr, max_epochs=args.epochs,
                         patience=args.patience, seed=args.seed, device=args.device, num_threads=args.threads,
                         layout=args.layout, batch_unit=args.batch_unit, selection_metric=args.selection_metric,
-                        progress=log_level() != "quiet")
+                        precision=args.precision, progress=log_level() != "quiet")
     try:  # this machine's checks before the store: a stored model must not hide a device it lacks
-        resolve_device(train.device)
+        device = resolve_device(train.device)
     except CSRecError as error:
         raise CSRecError(f"--device {args.device}: {error}") from None
+    try:  # nor a precision it cannot train in
+        check_precision(train.precision, device)
+    except CSRecError as error:
+        raise CSRecError(f"--precision {args.precision}: {error}") from None
     settings = TeacherSettings(m=args.m, subsample_ratio=args.subsample_ratio, ensemble=args.ensemble,
                                kl_direction=args.kl_direction, noise_term=args.noise_term,
                                noise_parametrization=args.noise_parametrization,

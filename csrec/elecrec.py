@@ -68,6 +68,7 @@ from torch import nn
 from csrec import losses
 from csrec.errors import CSRecError
 from csrec.models import SASRec
+from csrec.precision import float32
 
 SHARED_TYPES = ("embed_only", "full")  # what the generator shares with the discriminator (main.py)
 NORMALISATIONS = ("padded", "targets")  # the generator CE's denominator (module docstring)
@@ -105,6 +106,7 @@ def expand_preset(raw: dict) -> dict:
     return raw
 
 
+@float32
 def generator_loss(logits: torch.Tensor, targets: torch.Tensor, padded_positions: int | None = None) -> torch.Tensor:
     """Full-softmax CE of the generator at the T real positions: logits [T, N] (column 0 padding),
     targets [T] in 1..N-1 -> scalar. padded_positions None: the mean over the T positions
@@ -116,6 +118,7 @@ def generator_loss(logits: torch.Tensor, targets: torch.Tensor, padded_positions
 
 
 @torch.no_grad()
+@float32  # sampling from a softmax over the catalogue: float32 under train.precision bf16 too
 def replace_items(logits: torch.Tensor, targets: torch.Tensor, sample_ratio: float,
                   prob_power: float) -> torch.Tensor:
     """The discriminator's next items: at each of the T positions, with probability `sample_ratio`,
@@ -142,6 +145,7 @@ def sample_rows(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.size(1) - 1)
 
 
+@float32
 def discriminator_loss(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Sigmoid BCE of real (label 1) vs replaced (label 0): the head's logits [T] and real [T] bool
     -> scalar, mean over the T real positions (trainers.py `discriminator_cross_entropy`)."""

@@ -24,6 +24,7 @@ from torch import nn
 from csrec.data.samples import Samples, SequenceData
 from csrec.errors import CSRecError
 from csrec.metrics import DEFAULT_KS, compute_metrics, parse_metric
+from csrec.precision import float32
 
 SPLITS = ("valid", "test")
 
@@ -43,6 +44,7 @@ def history_before_target(data: SequenceData, split: str) -> list[np.ndarray]:
 
 
 @torch.no_grad()
+@float32  # scores in float32 whatever train.precision: bfloat16 scores (3 digits) would tie far more often
 def rank_targets(model: nn.Module, samples: Samples, exclude_history: bool, batch_size: int = 1024,
                  device: torch.device | str | None = None,
                  history: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,8 @@ def rank_targets(model: nn.Module, samples: Samples, exclude_history: bool, batc
     own column, and with `exclude_history` the items already seen: `history[sequence_index]` when
     given (per sequence, e.g. `history_before_target`), else the sample's input. No sort of the
     [N, n_items] matrix is needed; users are scored `batch_size` at a time so memory stays at
-    batch_size x (n_items + 1) scores whatever the catalogue size.
+    batch_size x (n_items + 1) scores whatever the catalogue size. The model runs without autocast
+    (a bf16-trained model too: its weights are float32) and ranks float32 scores.
     """
     if batch_size < 1:
         raise CSRecError(f"evaluation batch_size must be >= 1, got {batch_size}")
@@ -72,7 +75,7 @@ def rank_targets(model: nn.Module, samples: Samples, exclude_history: bool, batc
             stop = start + batch_size
             seq = item_seq[start:stop].to(device)  # [B, L]
             target = targets[start:stop].to(device).unsqueeze(1)  # [B, 1]
-            logits = model(seq, lengths[start:stop].to(device))  # [B, n_items + 1]
+            logits = model(seq, lengths[start:stop].to(device)).float()  # [B, n_items + 1]
             if torch.isnan(logits).any():
                 raise CSRecError("the model scores items as NaN; its weights are not finite (retrain it, "
                                  "e.g. with a lower learning rate)")

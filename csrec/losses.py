@@ -6,7 +6,10 @@ log-probability is finite. Every function below treats 0 * log 0 as 0 without pr
 value or in the gradient: a probability that may be 0 and carries gradient is always paired with
 its log-probability from `log_softmax` (finite), never with `log(softmax(...))`.
 
-All losses are means over the batch (the reference's `batchmean`).
+All losses are means over the batch (the reference's `batchmean`). Every function here computes in
+float32 whatever its inputs and an enclosing autocast (`csrec.precision.float32`): under
+train.precision bf16 / fp16 the logits arrive in the low precision, and these sums over the
+catalogue must not be taken in it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from csrec.errors import CSRecError
+from csrec.precision import float32
 
 KL_DIRECTIONS = ("reference", "paper")
 
@@ -26,6 +30,7 @@ def _check_unit_interval(name: str, value: float) -> None:
         raise CSRecError(f"{name} must lie in [0, 1] (the paper's grid is 0.25, 0.5, 0.75), got {value}")
 
 
+@float32
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """l_ce: softmax cross-entropy over the full catalogue, mean over the batch.
 
@@ -34,6 +39,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+@float32
 def tempered_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(e / T) of Eq. 14 over the real items; the padding column gets probability 0.
 
@@ -47,6 +53,7 @@ def tempered_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.pad(real, (1, 0))  # [..., N]
 
 
+@float32
 def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(e / T) over the real items, the log of `tempered_softmax` computed without
     underflow: [..., N], finite on the real items, -inf on the padding column."""
@@ -56,6 +63,7 @@ def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tens
     return F.pad(real, (1, 0), value=float("-inf"))  # [..., N]
 
 
+@float32
 def soft_label(teacher_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Eq. 14: r = 1/2 (softmax(e / T) + onehot(target)).
 
@@ -66,6 +74,7 @@ def soft_label(teacher_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return 0.5 * (teacher_probs + onehot)
 
 
+@float32
 def kl_divergence(p: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor | None = None) -> torch.Tensor:
     """KL(p || q) = sum_j p_j (log p_j - log q_j), mean over the batch.
 
@@ -79,6 +88,7 @@ def kl_divergence(p: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor | No
     return rows.clamp_min(0.0).mean()
 
 
+@float32
 def log_soft_label(teacher_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log r of Eq. 14, exactly, from the teacher's log-probabilities (`tempered_log_softmax`).
 
@@ -94,6 +104,7 @@ def log_soft_label(teacher_log_probs: torch.Tensor, targets: torch.Tensor) -> to
     return log_r.clamp_min(torch.finfo(log_r.dtype).min)
 
 
+@float32
 def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
     """log of a probability table that may hold zeros, floored at the dtype's smallest normal.
 
@@ -105,6 +116,7 @@ def log_probs_of(probs: torch.Tensor) -> torch.Tensor:
     return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
+@float32
 def student_loss(student_logits: torch.Tensor, targets: torch.Tensor, soft_labels: torch.Tensor,
                  beta: float, kl_direction: str = "reference",
                  log_soft_labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,6 +147,7 @@ def student_loss(student_logits: torch.Tensor, targets: torch.Tensor, soft_label
     return (1.0 - beta) * cross_entropy(student_logits, targets) + beta * kl
 
 
+@float32
 def soft_label_self_information(teacher_probs: torch.Tensor, targets: torch.Tensor,
                                 entropy: torch.Tensor | None = None) -> torch.Tensor:
     """sum_j r_j log r_j for r = (p + onehot(i)) / 2 (Eq. 14), per row, from the teacher's entropy and
@@ -148,6 +161,7 @@ def soft_label_self_information(teacher_probs: torch.Tensor, targets: torch.Tens
             - torch.special.entr(0.5 * (p_target + 1.0)))  # [B]
 
 
+@float32
 def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tensor, teacher_probs: torch.Tensor | None,
                               beta: float, kl_direction: str = "reference",
                               teacher_log_probs: torch.Tensor | None = None,
@@ -182,6 +196,7 @@ def student_loss_from_teacher(student_logits: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(student_logits, q) + beta * self_information.mean()
 
 
+@float32
 def noise_expectation(main_probs: torch.Tensor, log_noise_rows: torch.Tensor) -> torch.Tensor:
     """The last term of Eq. 12: -sum_j log h(i, j) P_g1(j | s), mean over the batch.
 
@@ -191,6 +206,7 @@ def noise_expectation(main_probs: torch.Tensor, log_noise_rows: torch.Tensor) ->
     return -(main_probs * log_noise_rows).sum(dim=-1).mean()
 
 
+@float32
 def training_level_loss(main_logits: torch.Tensor, side_logits: torch.Tensor, targets: torch.Tensor,
                         log_noise_rows: torch.Tensor | None, alpha: float,
                         noise_term: bool = True) -> torch.Tensor:

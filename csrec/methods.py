@@ -134,7 +134,8 @@ class Job:
         layout = ", sequence layout" if self.train.layout == "sequence" else ""
         if self.objective == PRETRAINING:
             layout = f", {self.train.max_epochs} epochs of {self.train.batch_size} prefixes"
-        return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}{layout}"
+        precision = f", {self.train.precision}" if self.train.precision != "fp32" else ""
+        return f"{self.model} {self.objective} seed={self.seed}{sub}{', ' + params if params else ''}{layout}{precision}"
 
 
 def stream_seed(role: str, seed: int) -> int:

@@ -8,7 +8,9 @@ teacher's representation of every training pair's input (`FrozenTeachers`; in th
 layout from one pass per sequence too). A
 student step then costs the teachers one [B, m*H] x [m*H, N] product instead of m full forward
 passes (the reference code's on-the-fly teachers). Teachers run in eval mode (no dropout), so the
-cached soft labels are exactly what an on-the-fly eval-mode teacher would give.
+cached soft labels are exactly what an on-the-fly eval-mode teacher would give. The objectives
+compute in float32 whatever train.precision (csrec.precision): the teachers' products and
+probabilities, the soft labels and the losses.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from torch import nn
 from csrec import losses
 from csrec.data.samples import Samples, TrainSequences
 from csrec.models.base import PADDING_SCORE, SequentialRecommender
+from csrec.precision import float32
 from csrec.teachers import NoiseMatrix, ensemble_probs, ensemble_weights, popularity_logits
 
 
 class CrossEntropy(nn.Module):
     """Plain training (Base, and every teacher trained on one-hot labels)."""
 
+    @float32
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
         return losses.cross_entropy(logits, batch.targets)
 
 
 @torch.no_grad()
+@float32  # the teachers' cached representations: float32 even if built under a student's autocast
 def encode_samples(model: SequentialRecommender, samples: Samples | TrainSequences,
                    batch_size: int = 2048) -> torch.Tensor:
     """The representation of every training pair's input, in eval mode: [N, H] on the model's device,
@@ -143,6 +148,7 @@ class SoftLabelStudent(nn.Module):
         w = ensemble_weights(self.teacher.m, self.weights, device=index.device).log().view(-1, 1, 1)  # [m, 1, 1]
         return torch.logsumexp(w + losses.tempered_log_softmax(self.teacher.logits(index), self.temperature), dim=0)
 
+    @float32  # the teacher's products and probabilities too, not only the losses
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
         if self.kl_direction == "paper":
             return losses.student_loss_from_teacher(logits, batch.targets, None, self.beta, "paper",
@@ -159,6 +165,7 @@ class SoftLabelStudent(nn.Module):
                                                 self_information=information)
 
     @torch.no_grad()
+    @float32
     def prepare(self, device: torch.device) -> None:
         """What the frozen teacher module gives each training pair, once (at the first step, or here):
         sum_j r_j log r_j (per target item for SoftRec), whose entropy pass would otherwise cost as
@@ -195,6 +202,7 @@ class TrainingLevelTeacher(nn.Module):
         self.side, self.alpha, self.noise_term = side, alpha, noise_term
         self.noise = NoiseMatrix(n_items, rank=rank, parametrization=noise_parametrization)
 
+    @float32  # the side teacher's product and the noise matrix's rows too
     def forward(self, logits: torch.Tensor, batch) -> torch.Tensor:
         side_logits = self.side.logits(batch.index)[0]  # [B, N]
         log_rows = self.noise.log_rows(batch.targets) if self.noise_term else None

@@ -29,12 +29,13 @@ from csrec.batching import (BATCH_UNITS, LAYOUTS, Batch, TrainingData, batch_log
 from csrec.data.samples import Samples, TrainSequences
 from csrec.errors import CSRecError, NonFiniteLossError, disk_full, first_line
 from csrec.objectives import CrossEntropy
+from csrec.precision import PRECISIONS, autocast, check_precision, grad_scaler
 
 # Train-config fields that change how a job runs but not what it computes (left out of store keys).
 _RUNTIME_FIELDS = ("device", "num_threads", "progress", "eval_batch_size")
 # Config fields that change what is computed: a checkpoint written under other values cannot resume.
 _RESUME_FIELDS = ("batch_size", "learning_rate", "weight_decay", "patience", "seed", "layout", "batch_unit",
-                  "selection_metric", "allow_tf32")
+                  "selection_metric", "allow_tf32", "precision")
 # What a config written before a field existed meant by its absence: the layouts came after the prefix
 # layout, and the default became `sequence` after that (a spec.yaml or checkpoint without `layout` is prefix).
 LEGACY_DEFAULTS = {"layout": "prefix", "batch_unit": "targets"}
@@ -56,6 +57,7 @@ class TrainConfig:
     batch_unit: str = "targets"  # sequence layout: batch_size counts "targets" or "sequences"
     selection_metric: str = "ndcg@10"  # validation metric of the best epoch and of patience (ELECRec's authors: ndcg@20)
     allow_tf32: bool = False  # CUDA: float32 matmuls and cuDNN (GRU, convolutions) in TF32 (faster, ~1e-3 relative)
+    precision: str = "fp32"  # fp32 | bf16 (CPU with AVX512-BF16/AMX, CUDA) | fp16 (CUDA): the model's autocast (csrec.precision)
 
     @property
     def key_fields(self) -> dict:
@@ -68,6 +70,8 @@ class TrainConfig:
             del fields["selection_metric"]
         if not self.allow_tf32:  # full float32: what every model was trained in before the option
             del fields["allow_tf32"]
+        if self.precision == "fp32":  # likewise: a bf16 or fp16 model is another artifact, fp32 keys unchanged
+            del fields["precision"]
         return fields
 
     def __post_init__(self):
@@ -97,6 +101,11 @@ class TrainConfig:
             raise CSRecError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if not isinstance(self.allow_tf32, bool):
             raise CSRecError(f"train.allow_tf32 must be true or false, got {self.allow_tf32!r}")
+        if self.precision not in PRECISIONS:
+            raise CSRecError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp16" and self.device == "cpu":  # the machine's checks: csrec.precision, in fit
+            raise CSRecError("train.precision fp16 needs a CUDA device, and train.device is cpu; use fp32 or bf16 "
+                             "(a CPU with AVX512-BF16 or AMX) on the CPU, or fp16 with device cuda")
 
 
 @dataclass(frozen=True)
@@ -195,28 +204,30 @@ def fit(model: nn.Module, train: Samples | TrainSequences, validate: Callable[[n
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    check_precision(config.precision, device)  # refused with what is available, never run in another precision
     set_tf32(config.allow_tf32)
     model.to(device)
     objective = (objective if objective is not None else CrossEntropy()).to(device)
     optimizer = make_optimizer(trainable_parameters(model, objective), config, device)
+    scaler = grad_scaler(config.precision, device)  # fp16 only
     state = _State(best_model=_copy(model), best_objective=_copy(objective))
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = _resume_or_discard(checkpoint_path, model, objective, optimizer, config, len(train), device,
-                                   owner) or state
+                                   owner, scaler) or state
     data = TrainingData(train, device)
     epoch = state.epoch
     while not state.stopped_early and epoch < config.max_epochs:
         epoch += 1
         started = time.perf_counter()
-        loss = _train_epoch(model, objective, optimizer, data, config, epoch)
+        loss = _train_epoch(model, objective, optimizer, data, config, epoch, scaler)
         score = float(validate(model))
         if not np.isfinite(score):
             raise CSRecError(f"validate() returned {score} after epoch {epoch}; it must return a finite score")
         record = EpochRecord(epoch, loss, score, time.perf_counter() - started, max(score, state.best_score))
         state.update(record, model, objective, config.patience)
         if checkpoint_path is not None:
-            _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device, owner)
+            _save(checkpoint_path, state, model, objective, optimizer, config, len(train), device, owner, scaler)
         if config.progress:
             print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {config.selection_metric} {score:.4f}  "  # name the metric
                   f"best {state.best_score:.4f} @ {state.best_epoch}  {record.seconds:.1f}s", flush=True)
@@ -252,18 +263,27 @@ class _State:
         self.stopped_early = self.epochs_without_improvement >= patience
 
 
-def _train_epoch(model, objective, optimizer, data: TrainingData, config: TrainConfig, epoch: int) -> float:
-    """One pass over the shuffled training set; returns the target-weighted mean loss."""
+def _train_epoch(model, objective, optimizer, data: TrainingData, config: TrainConfig, epoch: int,
+                 scaler: "torch.amp.GradScaler | None" = None) -> float:
+    """One pass over the shuffled training set; returns the target-weighted mean loss. Under
+    train.precision bf16 / fp16 the model and its output layer run in autocast and the objective in
+    float32 (csrec.precision); fp16's `scaler` scales the loss and skips steps whose gradients overflow."""
     model.train()
     objective.train()
     # Losses stay on the device and are checked once per epoch: no host sync per batch. A non-finite
     # batch only spoils weights that are discarded, since the error is raised before the checkpoint.
     losses = []
     for batch in data.batches(config.batch_size, config.batch_unit, config.seed, epoch):
-        loss = training_loss(model, objective, batch)
+        with autocast(config.precision, data.device):
+            loss = training_loss(model, objective, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         losses.append(loss.detach() * len(batch.targets))
     losses = torch.stack(losses)  # [n_batches]
     finite = torch.isfinite(losses)
@@ -290,7 +310,7 @@ def _copy(module: nn.Module) -> dict:
 
 
 def _save(path: Path, state: _State, model, objective, optimizer, config: TrainConfig, n_train: int,
-          device: torch.device, owner: str = "") -> None:
+          device: torch.device, owner: str = "", scaler=None) -> None:
     """Write the checkpoint to a temporary file next to `path`, then rename: never half a file."""
     payload = {
         "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
@@ -298,6 +318,7 @@ def _save(path: Path, state: _State, model, objective, optimizer, config: TrainC
         | {"history": [dataclasses.asdict(r) for r in state.history]},
         "config": dataclasses.asdict(config), "n_train": n_train, "owner": owner,
         "rng": _rng_state(device), "device": device_record(device),
+        "scaler": scaler.state_dict() if scaler is not None else None,  # fp16's loss scale: resumed exactly
     }
     save_atomic(payload, path)
 
@@ -324,24 +345,28 @@ class DamagedCheckpoint(Exception):
 
 
 def _resume_or_discard(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int,
-                       device: torch.device, owner: str = "") -> "_State | None":
+                       device: torch.device, owner: str = "", scaler=None) -> "_State | None":
     """`_resume`; a damaged checkpoint is deleted with a warning and the modules, optimizer and RNGs
     are put back as they were, so that training starts from epoch 1 exactly as a first run would
     (a damaged file would otherwise fail every retry and every resume the same way)."""
-    before = (_copy(model), _copy(objective), copy.deepcopy(optimizer.state_dict()), _rng_state(device))
+    before = (_copy(model), _copy(objective), copy.deepcopy(optimizer.state_dict()), _rng_state(device),
+              scaler.state_dict() if scaler is not None else None)
     try:
-        return _resume(path, model, objective, optimizer, config, n_train, owner)
+        return _resume(path, model, objective, optimizer, config, n_train, owner, scaler)
     except DamagedCheckpoint as error:
         model.load_state_dict(before[0])
         objective.load_state_dict(before[1])
         optimizer.load_state_dict(before[2])
         _set_rng_state(before[3], device)
+        if scaler is not None:
+            scaler.load_state_dict(before[4])
         path.unlink(missing_ok=True)
         warnings.warn(f"work checkpoint {path} is damaged ({error}); discarded, training starts from epoch 1")
         return None
 
 
-def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int, owner: str = "") -> _State:
+def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_train: int, owner: str = "",
+            scaler=None) -> _State:
     """Load a checkpoint written by `_save` (for `owner`) into the modules and return the run's state."""
     try:
         # Read whole first: an OSError here is the storage's; torch.load on a path raises OSError
@@ -378,6 +403,8 @@ def _resume(path: Path, model, objective, optimizer, config: TrainConfig, n_trai
         model.load_state_dict(payload["model"])
         objective.load_state_dict(payload["objective"])
         optimizer.load_state_dict(payload["optimizer"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
         _set_rng_state(payload["rng"], next(model.parameters()).device)
         state = dict(payload["state"])
         state["history"] = [EpochRecord(**r) for r in state["history"]]

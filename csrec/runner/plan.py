@@ -136,4 +136,5 @@ def to_json(plan: Plan) -> str:
                                                "rungs": list(plan.spec.scheduler.rungs(plan.spec.train.max_epochs))}
     return json.dumps({"summary": plan.summary(), "datasets": data_checksums(plan.spec.datasets),
                        "teachers": teachers, "trials": rows, "notes": plan.notes, "scheduler": scheduler,
+                       "precision": plan.spec.train.precision,  # every job's (S3Rec's pretraining: fp32)
                        "tpe_cells": [list(c) + [b] for c, b in plan.tpe_cells.items()]}, indent=2)
