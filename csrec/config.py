@@ -470,6 +470,7 @@ def _against(value: str, folder: Path) -> str:
     """A relative local path made absolute against `folder`; a URI or an absolute path unchanged."""
     if "://" in value or not value.strip():
         return value
+    location(value, "path")  # "s3:/bucket" (a URI missing a slash) is refused, not made a folder "s3:"
     place = Path(value).expanduser()
     return str(place if place.is_absolute() else resolved_path(folder / place, value))
 

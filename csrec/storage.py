@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -35,6 +36,10 @@ ENVIRONMENT = ("AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_S
                "S3; GOOGLE_APPLICATION_CREDENTIALS for gs")
 
 
+# "scheme:/..." (a URI missing a slash); one letter before the colon is a Windows drive, not a scheme.
+_ONE_SLASH_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
 def location(value, what: str = "storage") -> "Path | RemotePath":
     """A local path as a Path (expanded, not resolved), a URI as a RemotePath (checked: `what` names
     the setting in the error)."""
@@ -44,6 +49,11 @@ def location(value, what: str = "storage") -> "Path | RemotePath":
     if value.startswith("file://"):
         return Path(value[len("file://"):]).expanduser()
     if "://" not in value:
+        if _ONE_SLASH_URI.match(value):  # s3:/bucket/x would be made as a folder "s3:" here, without a word
+            scheme, rest = value.split(":", 1)
+            raise CSRecError(f"{what}: {value} looks like a URI with one slash after '{scheme}:'; write "
+                             f"{scheme}://{rest.lstrip('/')} for object storage, or ./{value} for a local folder of "
+                             "that name")
         return Path(value).expanduser()
     parts = urlsplit(value)
     if parts.username or parts.password or parts.query or "@" in parts.netloc:
