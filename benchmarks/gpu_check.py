@@ -5,9 +5,9 @@
 
 In under 5 minutes on one GPU (docs/PERFORMANCE.md, "The GPU path"):
   1. each model's whole training epoch on Last.FM in both layouts, batch 256 and 1,024, fp32 (and
-     bf16 where train.precision exists): `fit`'s second epoch, so batch building, the step and the
-     epoch's one host read are all inside the clock; the first epoch (CUDA start-up, cuDNN's
-     choices) is left out;
+     on CUDA bf16 and fp16, train.precision, where the GPU has them): `fit`'s second epoch, so
+     batch building, the step and the epoch's one host read are all inside the clock; the first
+     epoch (CUDA start-up, cuDNN's choices) is left out;
   2. a CSRec-M student epoch (m = 2 cached teachers) against a Base epoch, sequence layout;
   3. the memory cap of a fractional trial (CUDA only): a process granted 0.25 of the GPU fails
      to allocate 0.3 of its memory;
@@ -44,7 +44,7 @@ from csrec.objectives import CrossEntropy, FrozenTeachers, SoftLabelStudent
 from csrec.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: autocast with a GradScaler (csrec.precision)
 
 
 def first_rows(train, rows: int | None):
@@ -58,9 +58,11 @@ def first_rows(train, rows: int | None):
 
 
 def precisions(cuda: bool) -> list[str]:
-    """fp32, and bf16 on CUDA once train.precision exists (the mixed-precision issue)."""
-    has = "precision" in {f.name for f in dataclasses.fields(TrainConfig)}
-    return list(PRECISIONS) if cuda and has else ["fp32"]
+    """fp32, and on CUDA each of bf16 and fp16 that the GPU has (csrec.precision.available_precisions)."""
+    if not cuda:
+        return ["fp32"]
+    from csrec.precision import available_precisions
+    return [p for p in PRECISIONS if p in available_precisions("cuda")]
 
 
 def epoch_seconds(model, objective, train, batch_size: int, device: str, precision: str = "fp32") -> float:
@@ -85,7 +87,7 @@ def epoch_rows(data, device: str, models, batch_sizes, rows: int | None, cuda: b
                     table.append((f"{name} epoch, {layout}, {precision}, batch {batch_size}", f"{seconds:.2f} s",
                                   f"{len(train) / seconds:,.0f} targets/s ({len(train):,} targets)"))
     if not (cuda and len(precisions(cuda)) > 1):
-        table.append(("bf16 epochs", "not measured", "needs CUDA and train.precision (the mixed-precision issue)"))
+        table.append(("bf16 epochs", "not measured", "bf16 and fp16 (train.precision) are measured on CUDA only"))
     return table
 
 

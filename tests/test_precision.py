@@ -8,6 +8,7 @@ Needs a CPU with bfloat16 arithmetic for the bf16 steps (skipped elsewhere); the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numpy as np
 import pytest
@@ -238,3 +239,27 @@ def test_plan_records_the_precision(tmp_path):
     plan = json.loads(to_json(make_plan(spec)))
     assert plan["precision"] == "bf16"
     assert all(row["job"].endswith(", bf16") for row in plan["trials"] + plan["teachers"])
+
+
+def test_fp16_scaler_steps_and_resumes_exactly(setting, tmp_path, monkeypatch):
+    """fp16's path (autocast, GradScaler, the scaler's state in the work checkpoint) run on the CPU,
+    where torch has float16 autocast and a CPU GradScaler but train.precision refuses fp16 (slow):
+    the machine check is lifted here only. Two epochs in one go equal one epoch, then a resume."""
+    import csrec.train
+    monkeypatch.setattr(csrec.train, "check_precision", lambda precision, device: None)
+    data, train, _ = setting
+    config = TrainConfig(max_epochs=2, batch_size=128, device="auto", progress=False, precision="fp16")
+
+    def run(epochs, checkpoint):
+        torch.manual_seed(0)
+        model = build_model("sasrec", data.n_items, data.max_len)
+        result = fit(model, train, lambda m: 0.0, dataclasses.replace(config, max_epochs=epochs), checkpoint_path=checkpoint)
+        return model, result
+
+    whole, whole_result = run(2, tmp_path / "whole.pt")
+    run(1, tmp_path / "cut.pt")
+    saved = torch.load(tmp_path / "cut.pt", weights_only=True)["scaler"]
+    assert saved["scale"] > 0  # the loss scale is checkpointed
+    resumed, resumed_result = run(2, tmp_path / "cut.pt")
+    assert [r.train_loss for r in resumed_result.history] == [r.train_loss for r in whole_result.history]
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
