@@ -13,7 +13,7 @@ The user term of a run's mean thus has sd `user_term(values, n_users)` = sd(valu
 settings give seed_sd as a multiple of it. Under the null (effect 0) a test's rejection rate at
 level alpha is its false-positive rate; under an alternative it is its power.
 
-    python -m analysis.calibration PER_USER_VALUES.csv   # the power table of docs/REPRODUCTION.md
+    python -m analysis.calibration PER_USER_VALUES.csv   # the level and power tables of docs/REPRODUCTION.md
 """
 
 from __future__ import annotations
@@ -99,12 +99,28 @@ def power_table(values: np.ndarray, n_users: int, ratios=(0.5, 1.0, 2.0), effect
     return pd.DataFrame(rows)
 
 
+def level_table(values: np.ndarray, n_users: int = 300, seeds=(3, 5, 10), ratios=(0.0, 0.5, 1.0, 2.0, 4.0),
+                n_experiments: int = 4000, alpha: float = 0.05) -> pd.DataFrame:
+    """False-positive rate at `alpha` of each seed-level test, per seeds per method and seed sd (a
+    multiple of the user term), each from n_experiments null experiments (the test suite's seeds)."""
+    term = user_term(values, n_users)
+    rows = []
+    for test in SEED_TESTS:
+        for n_seeds in seeds:
+            rates = [rejection_rate(test, values, n_seeds, ratio * term, 0.0, n_experiments, n_users, alpha,
+                                    seed=int(ratio * 10) + n_seeds) for ratio in ratios]
+            rows.append({"test": test, "seeds per method": n_seeds} | {f"seed sd {r:g}x": v for r, v in zip(ratios, rates)})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str]) -> None:
     values = pd.read_csv(argv[0])["value"].to_numpy()
-    n_users = len(values)
-    print(f"{n_users} users, per-user sd {np.std(values, ddof=1):.4f}, user term of a run's mean "
-          f"{user_term(values, n_users):.5f}")
-    print(power_table(values, n_users).to_markdown(index=False, floatfmt=".4g"))
+    print(f"{len(values)} users, per-user sd {np.std(values, ddof=1):.4f}; user term of a run's mean over 300 users "
+          f"{user_term(values, 300):.5f}, over all {len(values)}: {user_term(values, len(values)):.5f}")
+    print("\nFalse-positive rate at 0.05 (300 users an experiment, 4,000 experiments a cell):\n")
+    print(level_table(values).to_markdown(index=False, floatfmt=".4f"))
+    print(f"\nSeeds per method for 80% power at 0.05, on all {len(values)} users (1,000 experiments a row):\n")
+    print(power_table(values, len(values)).to_markdown(index=False, floatfmt=".4g"))
 
 
 if __name__ == "__main__":

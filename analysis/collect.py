@@ -148,7 +148,8 @@ def collect(directory: str | Path) -> Collection:
     directory = location(directory, "experiment directory")
     check_reachable(directory, write=False, what="experiment directory")
     if not directory.is_dir():
-        raise CSRecError(f"experiment directory {directory} does not exist; give the `storage` folder of a spec")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise CSRecError(f"experiment directory {directory} {what}; give the `storage` folder of a spec")
     folder = directory / TRIALS
     records, unfinished = [], []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -240,13 +241,16 @@ def _tidy(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                  "seed": int(r["seed"]), "stage": r["stage"]}
         hyper = {name: np.nan if params.get(name) is None else float(params[name]) for name in param_names}
         stopped = r.get("stopped", {}).get("epochs", np.nan)  # csrec.runner.trials.record_stopped
-        trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch"), "stopped_epochs": stopped})
+        device = r.get("device") or {}  # csrec.train.device_record; records written before it have none
+        where = f"{device['kind']} ({device.get('name', 'unknown')})" if device.get("kind") else None
+        trial_rows.append(ident | hyper | {"best_epoch": r.get("best_epoch"), "stopped_epochs": stopped,
+                                           "device": where})
         for split in SPLITS:
             for metric, value in sorted(r.get(split, {}).items()):
                 rows.append(ident | hyper | {"split": split, "metric": metric,
                                              "value": np.nan if value is None else float(value)})
     columns = ID_COLUMNS + param_names
-    trials = pd.DataFrame(trial_rows, columns=columns + ["best_epoch", "stopped_epochs"])
+    trials = pd.DataFrame(trial_rows, columns=columns + ["best_epoch", "stopped_epochs", "device"])
     results = pd.DataFrame(rows, columns=columns + ["split", "metric", "value"])
     return results, trials
 

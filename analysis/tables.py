@@ -73,6 +73,7 @@ class ComparisonTable:
     left_out: tuple[int, ...] = ()  # seeds of the search runs left out (exclude_search_run)
     runs_without_ties: tuple[int, int] = (0, 0)  # (reported runs whose files predate tie counting, all)
     early_stopping: str = ""  # the legend's sentence on the search's early stopping; "" when it was off
+    devices: tuple[tuple[str, int], ...] = ()  # (device, reported runs on it), where the records say
 
 
 def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus: str = "softrec",
@@ -133,8 +134,11 @@ def build_table(collection: Collection, metrics=("recall@10", "ndcg@10"), versus
     reported = [key for sel in chosen.values() for key in sel.keys]
     left_out = tuple(sorted({s for sel in chosen.values() for s in sel.left_out}))
     without_ties = (sum(not collection.has_ties(key) for key in reported), len(reported))
+    where = collection.trials.drop_duplicates("key").set_index("key")["device"].reindex(reported)
+    devices = tuple((str(d), int(n)) for d, n in where.fillna("unrecorded").value_counts().sort_index().items())
     return ComparisonTable(table, datasets, methods, models, metrics, versus, test, correction, selection_metric,
-                           n_resamples, seed, ties, left_out, without_ties, _early_stopping(collection, datasets))
+                           n_resamples, seed, ties, left_out, without_ties, _early_stopping(collection, datasets),
+                           devices)
 
 
 def _early_stopping(collection: Collection, datasets: tuple[str, ...]) -> str:
@@ -220,6 +224,9 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
         parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
     parts.append(_runs_note(table, dagger))
     parts.append(f"ranks: {TIE_RULES[table.ties]}")
+    if len(table.devices) > 1:  # a GPU and a CPU run of one config differ (dropout streams, TF32, kernels)
+        parts.append("the runs behind the numbers trained on different devices: "
+                     + ", ".join(f"{n} on {device}" for device, n in table.devices))
     old, reported = table.runs_without_ties
     if old:
         parts.append(f"{old} of the {reported} runs were evaluated before ties were recorded: their ties count in the "

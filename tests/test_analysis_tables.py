@@ -66,7 +66,7 @@ def _ratings(dataset: str) -> np.ndarray | None:
 
 
 def write_trial(store: Store, dataset: str, model: str, method: str, params: dict, seed: int, stage: str,
-                gains: tuple[int, int], with_ties: bool = True) -> str:
+                gains: tuple[int, int], with_ties: bool = True, device: dict | None = None) -> str:
     """One finished trial as the runner writes it: result.json + per_user.parquet + meta.json
     (`with_ties=False`: as written before ties were recorded, no ties column)."""
     record = {"dataset": dataset, "model": model, "method": method, "seed": seed, "stage": stage,
@@ -82,7 +82,7 @@ def write_trial(store: Store, dataset: str, model: str, method: str, params: dic
                               "target": 1 + np.arange(N_USERS) % 30, "rank": ranks, "ties": ties,
                               "rating": ratings if ratings is not None else np.nan, "input_length": 5})
         frames.append(frame if with_ties else frame.drop(columns="ties"))
-    result = record | {"key": key, "best_epoch": 3} | metrics
+    result = record | {"key": key, "best_epoch": 3} | metrics | ({"device": device} if device else {})
 
     def fill(folder: Path) -> None:
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -587,3 +587,19 @@ def test_the_reports_per_group_numbers_follow_the_tables_tie_rule_and_runs(exper
         for row in every.itertuples(index=False):
             shown = table.loc[(row.dataset, row.model, row.method, "recall@10")]
             assert row.value == pytest.approx(shown["mean"], abs=1e-12) and row.n_runs == shown["n_runs"]
+
+
+def test_the_legend_says_when_the_runs_trained_on_different_devices(tmp_path):
+    store = Store(tmp_path / "store")
+    gpu = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+    for seed in range(2):
+        for method in ("softrec", "csrec-m"):
+            write_trial(store, "lastfm", "gru4rec", method, {"beta": 0.5}, seed, "search" if seed == 0 else "seeds",
+                        (2, 2), device=gpu if seed == 1 else {"kind": "cpu", "name": "x86_64"})
+    note = comparison_table(tmp_path).splitlines()[-1]
+    assert "trained on different devices: 2 on cpu (x86_64), 2 on cuda (NVIDIA H100 80GB HBM3)" in note
+    one = tmp_path / "one"
+    store = Store(one / "store")
+    for method in ("softrec", "csrec-m"):
+        write_trial(store, "lastfm", "gru4rec", method, {"beta": 0.5}, 0, "search", (2, 2), device=gpu)
+    assert "different devices" not in comparison_table(one)
