@@ -504,6 +504,10 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from analysis import write_report, write_study_report
 
+    for out in [Path(args.out)] if args.out is not None else []:
+        if out.is_dir() or (out.exists() and not _written_by_report(out)):
+            raise CSRecError(f"--out {out} exists and is {'a folder' if out.is_dir() else 'not a report'}; give a new "
+                             "file name (a report is written over only by another report)")
     if args.study is None:
         if len(args.directory) != 1:
             raise CSRecError("report takes one experiment directory; add --study SETTING --out PATH to compare several")
@@ -516,6 +520,15 @@ def _run_report(args: argparse.Namespace) -> int:
                                   html_too=not args.no_html)
     print(f"report: {path}" + ("" if args.no_html else f" (and {path.with_suffix('.html')})"))
     return 0
+
+
+def _written_by_report(path: Path) -> bool:
+    """Whether `path` begins as `report` begins its Markdown (# Report: / # Study:)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().startswith(("# Report: ", "# Study: "))
+    except OSError:
+        return False
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:

@@ -398,6 +398,11 @@ CASES = [
          lambda f: ["run", spec(f), "--address", "127.0.0.1:1"], "nothing answers there"),
     Case("spec-address-malformed", "run --address not-an-address",
          lambda f: ["run", spec(f), "--address", "not-an-address"], "is not host:port"),
+    Case("dir-report-file", "report of a file that exists (README.md)", lambda f: ["report", ROOT / "README.md"],
+         "is a file, not a folder"),
+    Case("dir-report-out-taken", "report --out a file that exists and is no report",
+         lambda f: (started(f), (f / "notes.md").write_text("# my notes\n"),
+                    ["report", f / "exp", "--out", f / "notes.md"])[2], "exists and is not a report"),
     Case("data-fetch", "data fetch of an unknown name", lambda f: ["data", "fetch", "lastfmx"], "lastfmx"),
     Case("data-path", "data path of an unknown name", lambda f: ["data", "path", "lastfmx"], "lastfmx"),
 ]

@@ -467,3 +467,18 @@ def test_a_bad_ray_address_in_the_environment_is_one_line_before_anything_is_wri
     code, out, err = launch_main(capsys, "run", write_smoke_spec(tmp_path, "addressed"))
     assert_refused(code, err, "Ray address 'not-an-address' (--address or RAY_ADDRESS) is not host:port")
     assert not (tmp_path / "addressed").exists()
+
+
+def test_under_ray_a_discarded_work_checkpoint_is_said_by_the_driver(tmp_path, reference, reference_table, capsys):
+    """Issue 24, point 10: `--local` said it, a Ray worker's output never reached the driver."""
+    directory = copy_of(reference, tmp_path)
+    student = search_key(reference, "softrec")
+    forget(directory, student)
+    (directory / "store" / "work" / student).mkdir(parents=True)
+    (directory / "store" / "work" / student / "last.pt").write_bytes(b"\x00garbage" * 100)
+    code, out, err = launch_main(capsys, "resume", directory)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "is damaged" in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: work checkpoint ") and student in said[0], err
+    assert said[0].endswith("; discarded, training starts from epoch 1")
+    assert comparison_table(directory) == reference_table

@@ -3,6 +3,8 @@ per-epoch part (each running trial's epoch, scores, time left) is csrec.runner.e
 
 from __future__ import annotations
 
+import warnings
+
 from ray.tune import Callback
 
 from csrec.runner.epochs import EpochProgress
@@ -11,6 +13,7 @@ from csrec.runner.scheduler import BEST_METRIC, EPOCH
 from csrec.runner.trials import best_valid_by_method
 
 METRIC = f"valid_{SELECTION_METRIC}"
+WARNINGS = "warnings"  # a trial's report: its warnings since the last report, one a line (csrec.runner.ray_backend)
 
 
 class LiveView(Callback):
@@ -41,6 +44,8 @@ class LiveView(Callback):
         self._summary(trials)  # counts from Tune's own trial states, looked at every loop step
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        for line in filter(None, str(result.get(WARNINGS) or "").split("\n")):  # said where the trial ran
+            warnings.warn(line)
         ours = self._trial(trial)
         if self.epochs is not None and ours is not None and EPOCH in result:  # an epoch report, not the last one
             self.epochs.epoch(ours.label(), result[EPOCH], result[METRIC], result[BEST_METRIC], result["epoch_seconds"])

@@ -55,7 +55,7 @@ from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
 from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC, Trial
-from csrec.runner.progress import LiveView, TeacherEpochs
+from csrec.runner.progress import WARNINGS, LiveView, TeacherEpochs
 from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
 from csrec.runner.trials import record_stopped, run_trial
@@ -284,17 +284,25 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / "last.pt", checkpoint_file)
 
+    # A worker's output does not reach the driver (log_to_driver=False): this trial's warnings (a
+    # damaged work checkpoint discarded) go with its next report, and the driver says them (LiveView).
+    said: list[str] = []
+
     def report_epoch(record) -> None:
         with tempfile.TemporaryDirectory() as folder:
             shutil.copy(checkpoint_file, Path(folder) / "last.pt")
             tune.report({EPOCH: record.epoch, "train_loss": record.train_loss, "epoch_seconds": record.seconds,
                          f"valid_{SELECTION_METRIC}": record.valid_score, BEST_METRIC: record.best_score,
-                         "done": False},
+                         "done": False, WARNINGS: "\n".join(said)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+        said.clear()
 
     try:
-        result = run_trial(trial, store, Path(work_dir), report_epoch,
-                           job_folder(experiment_dir, stage, trial.label(), trial.job.key))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *args, **kwargs: said.append(str(message))
+            result = run_trial(trial, store, Path(work_dir), report_epoch,
+                               job_folder(experiment_dir, stage, trial.label(), trial.job.key))
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
         if device != "cpu":
             torch.cuda.empty_cache()
