@@ -154,7 +154,8 @@ def _early_stopping(collection: Collection, datasets: tuple[str, ...]) -> str:
     return (f"early stopping in the search: ASHA on validation NDCG@10 (grace {s.get('grace_epochs')} epochs, reduction "
             f"factor {s.get('reduction_factor')}, rungs at epochs {rungs} of {s.get('max_epochs')}) stopped "
             f"{search['stopped_epochs'].notna().sum()} of {len(search)} search runs, each selected on with its best "
-            "epoch before the stop; seed reruns train the full budget")
+            "epoch before the stop; seed reruns train the full budget. ASHA's stop decisions depend on the order in "
+            "which concurrent trials report, so this table is not reproducible run to run (a fifo table is)")
 
 
 def _ordered(names: list[str], canonical: dict[str, str]) -> tuple[str, ...]:

@@ -482,3 +482,23 @@ def test_under_ray_a_discarded_work_checkpoint_is_said_by_the_driver(tmp_path, r
     assert len(said) == 1 and said[0].startswith(f"warning: work checkpoint ") and student in said[0], err
     assert said[0].endswith("; discarded, training starts from epoch 1")
     assert comparison_table(directory) == reference_table
+
+
+def test_an_asha_table_says_it_is_not_reproducible_run_to_run():
+    """Issue 24, point 6: identical ASHA runs gave different tables (stop decisions follow the order
+    trials report in); the legend says so, a fifo legend has no such sentence."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analysis import tables
+
+    trials = pd.DataFrame({"stage": ["search", "search"], "method": ["softrec", "softrec"],
+                           "dataset": ["smoke", "smoke"], "stopped_epochs": [2.0, float("nan")]})
+    scheduler = {"kind": "asha", "grace_epochs": 2, "reduction_factor": 2, "rungs": [2], "max_epochs": 4}
+    asha = SimpleNamespace(early_stopping=True, scheduler=scheduler, trials=trials)
+    legend = tables._early_stopping(asha, ("smoke",))
+    assert legend.startswith("early stopping in the search: ASHA") and "stopped 1 of 2 search runs" in legend
+    assert legend.endswith("ASHA's stop decisions depend on the order in which concurrent trials report, so this "
+                           "table is not reproducible run to run (a fifo table is)")
+    assert tables._early_stopping(SimpleNamespace(early_stopping=False), ("smoke",)) == ""
