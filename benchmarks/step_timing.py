@@ -34,14 +34,16 @@ def model_maker(name: str, data) -> Callable[[int], torch.nn.Module]:
     return make
 
 
-def run_steps(model, objective, train, batch_size: int, steps: int, device: str = "cpu") -> float:
+def run_steps(model, objective, train, batch_size: int, steps: int, device: str = "cpu",
+              batch_unit: str = "targets") -> float:
     """Seconds per training step of `model` under `objective` over the first `steps` batches of
-    `fit`'s own batching for the layout of `train` (Samples: prefix; TrainSequences: sequence),
-    after two warm-up steps, on `device` (CUDA work is waited for before the clock reads)."""
+    `fit`'s own batching for the layout of `train` (Samples: prefix; TrainSequences: sequence) in
+    `batch_unit`s (train.batch_unit), after two warm-up steps, on `device` (CUDA work is waited for
+    before the clock reads)."""
     device = torch.device(device)
     model, objective = model.to(device), objective.to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model, objective), lr=1e-3)  # as `fit`
-    stream = TrainingData(train, device).batches(batch_size, "targets", seed=0, epoch=1)
+    stream = TrainingData(train, device).batches(batch_size, batch_unit, seed=0, epoch=1)
     batches = [next(stream) for _ in range(steps + 2)]  # cut before the clock starts
     model.train()
     for index, batch in enumerate(batches):

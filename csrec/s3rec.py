@@ -92,8 +92,9 @@ from csrec.train import TrainConfig, resolve_device, save_atomic
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 # What one more length group costs, in padded positions (rows x width): an encoder pass over a group
-# is some hundred small ops whatever its size. Measured on one CPU thread with Beauty's settings
-# (benchmarks/s3rec_pretraining_cost.py --group-costs); a wrong value costs time, never results.
+# is some hundred small ops whatever its size. On one loaded CPU thread with Beauty's settings, 50 to
+# 400 time within noise (benchmarks/s3rec_pretraining_cost.py --group-costs, docs/PERFORMANCE.md);
+# the value changes the time only, never the losses.
 GROUP_COST = 100
 NEGATIVE_DRAWS = 64  # rejection rounds for MIP negatives; a prefix holding (almost) every item keeps its last draw
 
