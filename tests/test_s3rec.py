@@ -1,8 +1,9 @@
 """S3Rec (csrec.s3rec): its four pretraining objectives on hand-worked inputs and against a
 position-by-position recomputation, the masking and segment samplers' statistics, the pretraining
 samples, batches cut into length groups against the padded computation (losses, gradients, the
-authors' left-padding positions, whole epochs), the artifact's key and its reuse, fine-tuning from the pretrained weights, the attribute
-file's checks, a local run that pretrains once for two seeds, and `launch.py train --method s3rec`."""
+authors' left-padding positions, whole epochs), the artifact's key and its reuse, fine-tuning from
+the pretrained weights, the attribute file's checks, a local run that pretrains once for two seeds,
+and `launch.py train --method s3rec`."""
 
 from __future__ import annotations
 
