@@ -476,7 +476,12 @@ def test_under_ray_a_discarded_work_checkpoint_is_said_by_the_driver(tmp_path, r
     forget(directory, student)
     (directory / "store" / "work" / student).mkdir(parents=True)
     (directory / "store" / "work" / student / "last.pt").write_bytes(b"\x00garbage" * 100)
-    code, out, err = launch_main(capsys, "resume", directory)
+    import ray
+
+    try:
+        code, out, err = launch_main(capsys, "resume", directory)
+    finally:
+        ray.shutdown()  # Ray started in this process by the driver: not left to the tests after this one
     assert code == 0, err
     said = [line for line in err.splitlines() if "is damaged" in line]
     assert len(said) == 1 and said[0].startswith(f"warning: work checkpoint ") and student in said[0], err

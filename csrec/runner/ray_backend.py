@@ -107,10 +107,11 @@ def start_ray(address: str | None = None, log=print) -> None:
     # OptunaSearch's warnings about its own study's bookkeeping are noise here: results live in
     # the store, not in the study.
     logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
+    if address:  # before the early return: a bad address is refused wherever Ray already runs
+        check_address(address)
     if ray.is_initialized():
         return
     if address:
-        check_address(address)
         try:
             ray.init(address=address, log_to_driver=False)
         except (ValueError, ConnectionError) as error:  # a malformed address, or no cluster answering there
