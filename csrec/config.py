@@ -235,6 +235,29 @@ class SchedulerSettings:
                 f"{self.reduction_factor}, rungs at epochs {', '.join(map(str, self.rungs(max_epochs)))} of {max_epochs}")
 
 
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Experiment tracking (`tracking:` in a spec; csrec.tracking): every teacher and student trial
+    the run trains becomes one MLflow or W&B run with its parameters, curves and final metrics.
+    `tracking: mlflow` is short for {backend: mlflow}. How the run goes and what it computes do not
+    depend on it (not part of the experiment's identity: it may be added on a resume)."""
+
+    backend: Literal["none", "mlflow", "wandb"] = "none"
+    # mlflow: the tracking URI (a server, sqlite:///..., or file:... / a path for a file store); default
+    # MLFLOW_TRACKING_URI, else sqlite:///<experiment>/mlflow.db. A relative path is the spec folder's.
+    uri: str | None = None
+    experiment: str | None = None  # mlflow: the experiment's name; wandb: the project. Default: the spec's name
+
+    def __post_init__(self):
+        if self.backend == "none" and (self.uri is not None or self.experiment is not None):
+            raise CSRecError("tracking: uri and experiment need a backend: add backend: mlflow (or wandb)")
+        if self.backend == "wandb" and self.uri is not None:
+            raise CSRecError("tracking.uri is MLflow's tracking URI; W&B's server is `wandb login --host` (or "
+                             "WANDB_BASE_URL) and its offline mode WANDB_MODE=offline: remove uri")
+        if self.uri is not None and not self.uri.strip():
+            raise CSRecError("tracking.uri is empty; give an MLflow tracking URI or leave it out")
+
+
 METHOD_NAMES = ("base", "softrec", "csrec-m", "csrec-d", "csrec-t", "elecrec", "s3rec")
 
 
@@ -276,6 +299,7 @@ class ExperimentSpec:
     # instead of training them again; made absolute against the current directory, like storage.
     reuse: tuple[str, ...] = ()
     scheduler: SchedulerSettings = SchedulerSettings()  # `scheduler: asha` is short for {kind: asha}
+    tracking: TrackingSettings = TrackingSettings()  # `tracking: mlflow` is short for {backend: mlflow}
 
     def __post_init__(self):
         from csrec.models import MODELS, model_config  # late: keeps `import csrec.config` light
@@ -454,6 +478,10 @@ def load_spec(path: str | Path, recorded: bool = False, overrides: tuple[str, ..
         raw["train"] = LEGACY_DEFAULTS | (raw.get("train") or {})
     if isinstance(raw, dict) and isinstance(raw.get("scheduler"), str):  # `scheduler: asha` -> its defaults
         raw["scheduler"] = {"kind": raw["scheduler"]}
+    if isinstance(raw, dict) and isinstance(raw.get("tracking"), str):  # `tracking: mlflow` -> its defaults
+        raw["tracking"] = {"backend": raw["tracking"]}
+    if isinstance(raw, dict) and isinstance(raw.get("tracking"), dict) and isinstance(raw["tracking"].get("uri"), str):
+        raw["tracking"]["uri"] = tracking_uri_against(raw["tracking"]["uri"], folder("tracking.uri"))
     if isinstance(raw, dict) and isinstance(raw.get("datasets"), dict):
         for name, data in raw["datasets"].items():
             if isinstance(data, dict) and isinstance(data.get("path"), str):
@@ -473,6 +501,19 @@ def _against(value: str, folder: Path) -> str:
     location(value, "path")  # "s3:/bucket" (a URI missing a slash) is refused, not made a folder "s3:"
     place = Path(value).expanduser()
     return str(place if place.is_absolute() else resolved_path(folder / place, value))
+
+
+def tracking_uri_against(uri: str, folder: Path) -> str:
+    """An MLflow tracking URI with its local path made absolute against `folder` (the one rule for a
+    spec's relative paths): a plain path or file:PATH becomes file:///ABSOLUTE (a file store),
+    sqlite:///RELATIVE sqlite:////ABSOLUTE; a server's URI (http://, databricks) is left as it is."""
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", uri)
+    if scheme is None or uri.startswith("file:"):
+        path = Path(uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:"))
+        return (path.expanduser() if path.expanduser().is_absolute() else folder / path).resolve().as_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((folder / uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def apply_overrides(raw, overrides) -> set[str]:
@@ -497,6 +538,8 @@ def apply_overrides(raw, overrides) -> set[str]:
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node.get(part), str) and (depth, part) == (0, "scheduler"):  # the `scheduler: asha` form
                 node[part] = {"kind": node[part]}
+            if isinstance(node.get(part), str) and (depth, part) == (0, "tracking"):  # the `tracking: mlflow` form
+                node[part] = {"backend": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise CSRecError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a mapping in the spec, so it "

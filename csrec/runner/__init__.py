@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from csrec import tracking
 from csrec.jobs import MODELS
 from csrec.runner.experiment import (SPEC_FILE, Experiment, all_teachers, execute, failed_trials_error, missing,
                                      reuse_stores)
@@ -31,6 +32,7 @@ def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | 
     Raises FailedTrials when trials failed (after the table, which marks their cells), unless
     `allow_failed`; a second driver on the same experiment is refused (csrec.runner.lock)."""
     experiment = Experiment.open(spec_path, directory, log, overrides=tuple(overrides))
+    tracking.check(experiment.spec.tracking)  # a missing package stops the run before anything trains
     if dry_run:
         print_plan(experiment, log)
         return 0

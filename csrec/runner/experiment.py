@@ -32,8 +32,8 @@ from csrec.store import Store, config_key, read_json, write_json_atomic, write_t
 
 SPEC_FILE = "spec.yaml"
 FAILED_FILE = "failed.json"  # trial key -> what failed, for the trials a run left without a record
-# Fields that may change between a run and its resume: how, not what, is computed.
-_RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage", "reuse")
+# Fields that may change between a run and its resume: how, not what, is computed (tracking too).
+_RUNTIME_KEYS = ("teacher_resources", "trial_resources", "max_concurrent_trials", "storage", "reuse", "tracking")
 
 
 class Backend(Protocol):

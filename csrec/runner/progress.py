@@ -11,6 +11,7 @@ from csrec.runner.epochs import EpochProgress
 from csrec.runner.plan import SELECTION_METRIC
 from csrec.runner.scheduler import BEST_METRIC, EPOCH
 from csrec.runner.trials import best_valid_by_method
+from csrec.tracking import curve
 
 METRIC = f"valid_{SELECTION_METRIC}"
 WARNINGS = "warnings"  # a trial's report: its warnings since the last report, one a line (csrec.runner.ray_backend)
@@ -91,29 +92,35 @@ class LiveView(Callback):
 class TeacherEpochs:
     """The teacher stage's progress by epoch, as the search stage's: each teacher task reports its
     epochs to a small actor (a task cannot call the driver), which the driver's loop drains into an
-    EpochProgress of stage "teachers" (the live line, progress.json's "epochs", `launch.py status`)."""
+    EpochProgress of stage "teachers" (the live line, progress.json's "epochs", `launch.py status`)
+    and, with `tracker` (csrec.tracking), into each teacher's tracked run."""
 
-    def __init__(self, experiment, total: int, lanes: int, log=print):
+    def __init__(self, experiment, total: int, lanes: int, log=print, tracker=None):
         import ray
 
         self.epochs = EpochProgress(experiment, "teachers", total, lanes, log)
         self.board = ray.remote(num_cpus=0)(_EpochBoard).remote()
+        self.tracker = tracker
 
     def reporter(self, label: str):
         """The task's on_epoch_end: one fire-and-forget call an epoch (never waits on the driver)."""
         board = self.board
 
         def report(record) -> None:
-            board.add.remote(label, record.epoch, record.valid_score, record.best_score, record.seconds)
+            board.add.remote(label, record.epoch, record.valid_score, record.best_score, record.seconds,
+                             record.train_loss)
 
         return report
 
     def poll(self) -> None:
         import ray
 
-        for label, epoch, valid, best, seconds in ray.get(self.board.drain.remote()):
+        for label, epoch, valid, best, seconds, train_loss in ray.get(self.board.drain.remote()):
             if label not in self.done:
                 self.epochs.epoch(label, epoch, valid, best, seconds)
+                if self.tracker is not None:
+                    self.tracker.epoch(label, epoch, curve({"train_loss": train_loss, "valid_score": valid,
+                                                            "best_score": best, "seconds": seconds}))
 
     def ended(self, label: str, how: str = "finished") -> None:
         self.poll()  # its last epochs first, so that none arrives after its end

@@ -40,6 +40,7 @@ import socket
 import tempfile
 import time
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -50,7 +51,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
 from csrec.errors import CSRecError, first_line
-from csrec.jobs import evaluate_weights, train_job
+from csrec.jobs import evaluate_weights, read_result, train_job
 from csrec.methods import Job
 from csrec.runner.experiment import teacher_failed
 from csrec.runner.epochs import EpochProgress
@@ -58,11 +59,15 @@ from csrec.runner.plan import SELECTION_METRIC, Trial
 from csrec.runner.progress import WARNINGS, LiveView, TeacherEpochs
 from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
+from csrec.runner.tune_tracking import tracking_callbacks
 from csrec.runner.trials import record_stopped, run_trial
 from csrec.storage import RemotePath, remove_tree, tune_storage
 from csrec.store import Store, write_json_atomic
 from csrec.train import cap_gpu_memory, device_record, set_tf32
 from csrec.tensorboard import FOLDER, job_folder
+from csrec.tracking import final as tracking_final
+from csrec.tracking import open_tracker
+from csrec.tracking import params as tracking_params
 
 TRAINABLE = "csrec_student"
 # On a cluster joined with --address or RAY_ADDRESS that shows no GPU, "1": wait for GPU nodes to join
@@ -396,27 +401,32 @@ class RayBackend:
         done = 0
         view = LiveView(experiment, self.log)
         lanes = max(1, int(ray.cluster_resources().get("CPU", 1) // resources.cpu))
-        epochs = TeacherEpochs(experiment, len(jobs), min(lanes, len(jobs)), self.log)
-        while pending or running:
-            for key, job in list(pending.items()):
-                if not any(t.key in pending or t.key in running.values() for t in job.teachers):
-                    ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir), threads(resources),
-                                      str(experiment.directory), epochs.reporter(job.describe()))
-                    running[ref] = key
-                    del pending[key]
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
-            epochs.poll()
-            for ref in ready:
-                job = jobs_by_key[running.pop(ref)]
-                try:
-                    key, node = ray.get(ref)
-                except Exception as error:  # out of retries: the students of this teacher cannot run
-                    epochs.ended(job.describe(), "failed")
-                    raise teacher_failed(job, error_line(error)) from None
-                epochs.ended(job.describe())
-                self.log(f"teacher {job.describe()} [{key}]: trained on node {node[:8]}")  # Ray's ids are 56 long
-                done += 1
-            view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
+        # Tracked on the driver (csrec.tracking): the teachers' epochs reach it through the board.
+        with closing(open_tracker(experiment)) as tracker:
+            epochs = TeacherEpochs(experiment, len(jobs), min(lanes, len(jobs)), self.log, tracker)
+            while pending or running:
+                for key, job in list(pending.items()):
+                    if not any(t.key in pending or t.key in running.values() for t in job.teachers):
+                        tracker.start(job.describe(), "teachers", "teacher", tracking_params(job, "teachers"))
+                        ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir),
+                                          threads(resources), str(experiment.directory), epochs.reporter(job.describe()))
+                        running[ref] = key
+                        del pending[key]
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+                epochs.poll()
+                for ref in ready:
+                    job = jobs_by_key[running.pop(ref)]
+                    try:
+                        key, node = ray.get(ref)
+                    except Exception as error:  # out of retries: the students of this teacher cannot run
+                        epochs.ended(job.describe(), "failed")
+                        tracker.end(job.describe(), failed=True)
+                        raise teacher_failed(job, error_line(error)) from None
+                    epochs.ended(job.describe())
+                    tracker.end(job.describe(), tracking_final(read_result(experiment.store, job)))
+                    self.log(f"teacher {job.describe()} [{key}]: trained on node {node[:8]}")  # Ray's ids are 56 long
+                    done += 1
+                view.teachers(done=done, running=len(running), pending=len(pending), total=len(jobs))
 
     def run_trials(self, stage: str, trials: list[Trial], experiment) -> dict[str, str]:
         """The stage's trials in one Tuner; returns trial key -> error of those that failed. A trial
@@ -479,7 +489,8 @@ class RayBackend:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(trials),
                                         max_concurrent_trials=lanes, reuse_actors=True),
             run_config=tune.RunConfig(name=stage, **tune_storage(tune_dir), verbose=0,
-                                      callbacks=[view, CSVLoggerCallback(), JsonLoggerCallback()],
+                                      callbacks=[view, CSVLoggerCallback(), JsonLoggerCallback(),
+                                                 *tracking_callbacks(experiment, stage, trials)],
                                       failure_config=tune.FailureConfig(max_failures=3),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
