@@ -169,6 +169,33 @@ def test_group_metrics_by_hand(experiment):
     assert frame.loc[("softrec", "niche", "recall@10"), "value"] == pytest.approx(2 / 3)  # ranks 1, 2, 11
 
 
+def test_group_and_length_frames_carry_the_seed_sd_of_each_runs_value(experiment):
+    """Error bars: the sd over the cell's runs of each run's own group (or bin) mean, not of users."""
+    collection = collect(experiment)
+    frame = group_metrics(collection, metrics=("recall@10",)).set_index(["method", "group"])
+    # Base's two runs (seeds 0 and 1): popular users 0, 1, 3 and niche users 2, 4, 5 (test_group_metrics_by_hand)
+    runs = {seed: json.loads(p.read_text())["test"] for p in (experiment / "store" / "trials").glob("*/result.json")
+            for seed in [json.loads(p.read_text())["seed"]] if json.loads(p.read_text())["method"] == "base"}
+    assert len(runs) == 2
+    assert frame.loc[("base", "all"), "std"] == pytest.approx(np.std([r["recall@10"] for r in runs.values()], ddof=1))
+    assert np.isnan(frame.loc[("softrec", "all"), "std"])  # one run: no spread to draw
+    lengths = by_input_length(collection, bins=[2, 5], metrics=("recall@10",))
+    base = lengths[lengths["method"] == "base"]
+    assert base["std"].notna().all() and (base["std"] >= 0).all()
+    pooled = group_metrics(collection, metrics=("recall@10",)).query("method == 'base' and group != 'all'")
+    assert (pooled["std"] >= 0).all()
+
+
+def test_a_length_plot_needs_three_bins_and_says_why(experiment, tmp_path):
+    """One input length for every user (Last.FM's windows): one bin, three dots at one x on a zoomed
+    axis; the plot is refused with the bins it found, and the report says so instead of drawing it."""
+    lengths = by_input_length(collect(experiment), bins=[5], metrics=("recall@10",))  # 1-5 and 6-19
+    with pytest.raises(CSRecError, match=r"give 2 bin\(s\) \(1-5 \(4 users\), 6-19 \(2 users\)\); .* at least 3"):
+        plot_by_length(lengths, tmp_path / "l.png")
+    assert not (tmp_path / "l.png").exists()
+    assert plot_by_length(by_input_length(collect(experiment), bins=[2, 5]), tmp_path / "l3.png").exists()
+
+
 def test_group_metrics_all_equals_the_stored_test_metric(experiment):
     collection = collect(experiment)
     frame = group_metrics(collection, metrics=("ndcg@10",), share=0.5)

@@ -603,3 +603,35 @@ def test_the_legend_says_when_the_runs_trained_on_different_devices(tmp_path):
     for method in ("softrec", "csrec-m"):
         write_trial(store, "lastfm", "gru4rec", method, {"beta": 0.5}, 0, "search", (2, 2), device=gpu)
     assert "different devices" not in comparison_table(one)
+
+
+def test_power_gives_the_seeds_a_difference_needs(tmp_path, capsys):
+    """`csrec power DIR` on five seeds a method: each cell's difference and seed sds are those of the
+    runs' means, and its seeds needed is the closed form's count (normal approximation, plus the
+    t distribution's one or two) for the observed difference and sds."""
+    import launch
+
+    store = Store(tmp_path / "store")
+    for seed in range(5):
+        for method, gains in (("softrec", (2, 2 + seed % 2)), ("csrec-m", (3, 3 + seed % 3))):
+            write_trial(store, "lastfm", "gru4rec", method, {"beta": 0.5}, seed, "search" if seed == 0 else "seeds", gains)
+    assert launch.main(["power", str(tmp_path), "--format", "csv", "--metric", "NDCG@10"]) == 0
+    row = pd.read_csv(io.StringIO(capsys.readouterr().out)).iloc[0]
+    collection = collect(tmp_path)
+    chosen = select(collection)
+    means = {m: np.array([per_user_metric(collection.per_user(k), "ndcg@10").mean()
+                          for k in chosen[("lastfm", "gru4rec", m)].keys]) for m in ("csrec-m", "softrec")}
+    difference = means["csrec-m"].mean() - means["softrec"].mean()
+    sd_a, sd_b = means["csrec-m"].std(ddof=1), means["softrec"].std(ddof=1)
+    assert (row["n_seeds"], row["n_seeds_versus"]) == (5, 5)
+    assert (row["mean_difference"], row["sd"], row["sd_versus"]) == pytest.approx((difference, sd_a, sd_b), rel=1e-5)
+    normal = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) ** 2 * (sd_a ** 2 + sd_b ** 2) / difference ** 2
+    assert max(4, np.ceil(normal)) <= row["seeds_needed"] <= max(4, np.ceil(normal) + 2)
+    exact = stats.permutation_test((means["csrec-m"], means["softrec"]), lambda x, y: abs(np.mean(x) - np.mean(y)),
+                                   permutation_type="independent", alternative="greater", n_resamples=np.inf).pvalue
+    assert row["p_value"] == pytest.approx(exact)
+    assert launch.main(["power", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    line = next(line for line in text.splitlines() if "CSRec-M" in line)
+    assert [c.strip() for c in line.split("|")][5] == "5 / 5" and line.split("|")[-2].strip() == str(row["seeds_needed"])
+    assert "seeds needed" in text and "80% power at two-sided 0.05" in text
