@@ -18,6 +18,7 @@ how many search runs were stopped, and a number that averages a stopped run is m
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,9 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
         parts.append(f"p-values Holm-adjusted across the table's {int(table.cells['p_value'].notna().sum())} comparisons")
     parts.append(_runs_note(table, dagger))
     parts.append(f"ranks: {TIE_RULES[table.ties]}")
+    finetuning = _finetuning(table)
+    if finetuning:
+        parts.append(finetuning)
     if len(table.devices) > 1:  # a GPU and a CPU run of one config differ (dropout streams, TF32, kernels)
         parts.append("the runs behind the numbers trained on different devices: "
                      + ", ".join(f"{n} on {device}" for device, n in table.devices))
@@ -242,6 +246,20 @@ def _note(table: ComparisonTable, mark, dagger: str, missing: str, latex: bool =
         parts.append(f"{mark(STOPPED)}: {STOPPED_MEANING}")
     parts.append(f"{missing}: no finished trial" + (" or no seed rerun" if table.left_out else ""))
     return "; ".join(parts) + "."
+
+
+_FINETUNING = {"bce": "the authors' pointwise BCE with one negative outside the user's sequence",
+               "ce": "full-softmax cross entropy"}
+
+
+def _finetuning(table: ComparisonTable) -> str:
+    """The legend's word on S3Rec's fine-tuning objective (csrec.s3rec), read from the selected
+    configurations' labels (analysis.collect: "... finetuning=bce"); "" without S3Rec numbers."""
+    shown = table.cells[(table.cells["method"] == "s3rec") & (table.cells["n_runs"] > 0)]
+    objectives = sorted({m.group(1) for c in shown["config"].dropna() if (m := re.search(r"finetuning=(\w+)", c))})
+    if not objectives:
+        return ""
+    return "S3Rec fine-tuned with " + " and ".join(f"{o} ({_FINETUNING.get(o, o)})" for o in objectives)
 
 
 def _seeds_note(table: ComparisonTable) -> str:

@@ -66,7 +66,8 @@ def _ratings(dataset: str) -> np.ndarray | None:
 
 
 def write_trial(store: Store, dataset: str, model: str, method: str, params: dict, seed: int, stage: str,
-                gains: tuple[int, int], with_ties: bool = True, device: dict | None = None) -> str:
+                gains: tuple[int, int], with_ties: bool = True, device: dict | None = None,
+                finetuning: str | None = None) -> str:
     """One finished trial as the runner writes it: result.json + per_user.parquet + meta.json
     (`with_ties=False`: as written before ties were recorded, no ties column)."""
     record = {"dataset": dataset, "model": model, "method": method, "seed": seed, "stage": stage,
@@ -82,7 +83,8 @@ def write_trial(store: Store, dataset: str, model: str, method: str, params: dic
                               "target": 1 + np.arange(N_USERS) % 30, "rank": ranks, "ties": ties,
                               "rating": ratings if ratings is not None else np.nan, "input_length": 5})
         frames.append(frame if with_ties else frame.drop(columns="ties"))
-    result = record | {"key": key, "best_epoch": 3} | metrics | ({"device": device} if device else {})
+    result = (record | {"key": key, "best_epoch": 3} | metrics | ({"device": device} if device else {})
+              | ({"finetuning": finetuning} if finetuning else {}))
 
     def fill(folder: Path) -> None:
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -635,3 +637,12 @@ def test_power_gives_the_seeds_a_difference_needs(tmp_path, capsys):
     line = next(line for line in text.splitlines() if "CSRec-M" in line)
     assert [c.strip() for c in line.split("|")][5] == "5 / 5" and line.split("|")[-2].strip() == str(row["seeds_needed"])
     assert "seeds needed" in text and "80% power at two-sided 0.05" in text
+
+
+def test_the_legend_names_s3recs_finetuning_objective(tmp_path):
+    store = Store(tmp_path / "store")
+    write_trial(store, "beauty", "sasrec", "base", {}, 0, "search", (2, 2))
+    assert "S3Rec fine-tuned" not in comparison_table(tmp_path, versus="base")
+    write_trial(store, "beauty", "sasrec", "s3rec", {}, 0, "search", (3, 3), finetuning="bce")
+    note = comparison_table(tmp_path, versus="base").splitlines()[-1]
+    assert "S3Rec fine-tuned with bce (the authors' pointwise BCE with one negative outside the user's sequence)" in note
