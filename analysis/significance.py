@@ -199,10 +199,7 @@ def comparisons(collection: Collection, chosen: dict[tuple[str, str, str], Selec
     if test not in TESTS:
         raise CSRecError(f"test {test!r}: use one of {', '.join(TESTS)}")
     rows = []
-    for cell, sel in chosen.items():
-        reference = chosen.get((cell[0], cell[1], versus))
-        if cell[2] == versus or reference is None or not sel.keys or not reference.keys:
-            continue
+    for cell, sel, reference in _against(chosen, versus):
         for metric in metrics:
             a, b = seed_matrices(collection, sel, reference, metric, ties, paired_seeds=test == "seed-ttest")
             row = {"dataset": cell[0], "model": cell[1], "method": cell[2], "metric": metric, "versus": versus,
@@ -215,6 +212,15 @@ def comparisons(collection: Collection, chosen: dict[tuple[str, str, str], Selec
     table["p_adjusted"] = holm(table["p_value"]) if correction == "holm" else table["p_value"]
     table["marker"] = [marker(p, d) for p, d in zip(table["p_adjusted"], table["mean_difference"])]
     return table
+
+
+def _against(chosen: dict[tuple[str, str, str], Selected], versus: str):
+    """(cell, its selection, the `versus` method's selection in its (dataset, model)) for every cell
+    other than the reference's own that has runs on both sides."""
+    for cell, sel in chosen.items():
+        reference = chosen.get((cell[0], cell[1], versus))
+        if cell[2] != versus and reference is not None and sel.keys and reference.keys:
+            yield cell, sel, reference
 
 
 def _test(a: np.ndarray, b: np.ndarray, test: str, n_resamples: int, seed: int, bootstrap: int) -> dict:
@@ -255,10 +261,7 @@ def seed_power(collection: Collection, chosen: dict[tuple[str, str, str], Select
     (analysis.seed_tests.seeds_needed; None where the difference is 0 or a side has one run).
     The count is an estimate: it takes the observed difference and sds for the true ones."""
     rows = []
-    for cell, sel in chosen.items():
-        reference = chosen.get((cell[0], cell[1], versus))
-        if cell[2] == versus or reference is None or not sel.keys or not reference.keys:
-            continue
+    for cell, sel, reference in _against(chosen, versus):
         for metric in metrics:
             a, b = seed_matrices(collection, sel, reference, metric, ties)
             if a.size == 0 or b.size == 0:
