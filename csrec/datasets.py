@@ -7,7 +7,7 @@ then the cache folder (`$CSREC_DATA`, else `$XDG_CACHE_HOME/csrec`, else `~/.cac
 download from the record's source into the cache: into a temporary file beside the target, checked
 against the record's sha256, renamed into place. Every file a name resolves to is checked against
 that sha256, so a name always means the same bytes; a job's key hashes the file's content
-(`csrec.methods.data_fingerprint`), so a name and a path to the same file give the same keys.
+(`csrec.datafiles.fingerprint`), so a name and a path to the same file give the same keys.
 Offline or on a wrong checksum the user gets a CSRecError that says what to download from where and
 where to put it; no partial or wrong file is left behind.
 """

@@ -28,6 +28,7 @@ from csrec.data.attributes import item_attributes
 from csrec.data.protocols import subsample, train_item_counts
 from csrec.data.samples import Samples, SequenceData, TrainSequences
 from csrec.data.splits import test_samples, training_data, validation_samples
+from csrec.datafiles import local_path
 from csrec.elecrec import ELECRec
 from csrec.errors import CSRecError, first_line
 from csrec.evaluate import evaluate, history_before_target, validator
@@ -52,7 +53,8 @@ class Splits:
 
 @lru_cache(maxsize=4)
 def _load(data: DataConfig) -> SequenceData:
-    return load_sequence_data(data)
+    """The data set, read from where this node has the driver's file (csrec.datafiles)."""
+    return load_sequence_data(dataclasses.replace(data, path=local_path(data.path)))
 
 
 def splits_for(job: Job) -> Splits:
@@ -177,7 +179,7 @@ def pretrain_job(job: Job, store: Store, work_dir: Path) -> dict:
     """S3Rec's pretraining (csrec.s3rec) on the whole training data, stored as the job's artifact."""
     started = time.time()
     data = _load(job.data)
-    attributes = item_attributes(job.data.attributes, data.item_tokens)
+    attributes = item_attributes(local_path(job.data.attributes), data.item_tokens)
     seed_everything(job.stream_seed)
     config = model_config(job.model, **dict(job.model_overrides))
     module = S3RecPretraining(data.n_items, data.max_len, config, attributes.n_attributes)

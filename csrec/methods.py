@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,8 @@ from csrec.config import (ELECREC_DEFAULTS, METHOD_NAMES, S3REC_DEFAULTS, UNIT_P
                           TeacherSettings)
 from csrec.data import DataConfig
 from csrec.errors import CSRecError
-from csrec.store import config_key, file_sha256
+from csrec.datafiles import fingerprint
+from csrec.store import config_key
 from csrec.train import TrainConfig
 
 # Roles whose seeds are drawn from (seed, code); the role "model" keeps its seed (module docstring).
@@ -106,10 +106,10 @@ class Job:
     def config(self) -> dict:
         """The resolved config that identifies the artifact (teachers by key, data by content)."""
         data = dataclasses.asdict(self.data)
-        data["path"] = data_fingerprint(self.data.path)
+        data["path"] = fingerprint(self.data.path)
         del data["attributes"]  # read by S3Rec's pretraining only: the other models' keys ignore it
         if self.objective == PRETRAINING:
-            data["attributes"] = data_fingerprint(self.data.attributes)
+            data["attributes"] = fingerprint(self.data.attributes)
         if data["user_fraction"] == 1.0:  # the full data: keys as before the sparsity option existed
             del data["user_fraction"], data["user_fraction_seed"]
         train = self.train.key_fields
@@ -150,16 +150,6 @@ def stream_seed(role: str, seed: int) -> int:
 @lru_cache(maxsize=None)
 def _job_key(job: Job) -> str:
     return config_key(job.config())
-
-
-@lru_cache(maxsize=64)
-def data_fingerprint(path: str) -> str:
-    """sha256 of the data file: keys follow the content, not where the file lies (cached per path
-    for the process's life: a file changed under a running process is caught by plan.json's check)."""
-    try:
-        return "sha256:" + file_sha256(Path(path))
-    except OSError as error:
-        raise CSRecError(f"cannot read data file {path} ({error.strerror}); check datasets.*.path") from None
 
 
 def check_params(method: str, params: dict[str, float]) -> None:

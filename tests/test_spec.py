@@ -94,8 +94,8 @@ def test_a_spec_naming_the_same_file_elsewhere_is_the_same_experiment(tmp_path):
     marker.write_text(json.dumps(known | {"fingerprint": spec_fingerprint(recorded, by_content=False)}))
     assert Experiment.open(moved).directory == tmp_path / "exp"
     copy.write_text(copy.read_text() + "999,1\n")
-    from csrec.methods import data_fingerprint
-    data_fingerprint.cache_clear()  # hashes are cached per path for one process's life
+    from csrec.datafiles import forget_fingerprints
+    forget_fingerprints()  # hashes are cached per path for one process's life
     with pytest.raises(Exception, match="holds the experiment of another spec"):
         Experiment.open(_spec(tmp_path, datasets__smoke__path=str(copy)))
 

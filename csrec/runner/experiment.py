@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from csrec.config import ExperimentSpec, load_spec, read_yaml, spec_to_yaml
+from csrec.datafiles import fingerprint, manifest, publish
 from csrec.datasets import check_unchanged
 from csrec.errors import CSRecError, FailedTrials
 from csrec.jobs import MODELS
-from csrec.methods import Job, data_fingerprint, dependencies
+from csrec.methods import Job, dependencies
 from csrec.runner.plan import Plan, Trial, make_plan, to_json, tpe_teachers, trial_for
 from csrec.runner.tpe import run_tpe
 from csrec.runner.trials import TRIALS, best_points, record_stored, trial_result
@@ -55,6 +56,11 @@ class Experiment:
     @property
     def store(self) -> Store:
         return Store(self.directory / "store")
+
+    @property
+    def data_files(self) -> dict[str, str]:
+        """{path: fingerprint} of the spec's data files, given to every task (csrec.datafiles)."""
+        return manifest(self.spec.datasets.values())
 
     @property
     def work_dir(self) -> Path:
@@ -306,10 +312,10 @@ def spec_fingerprint(spec: ExperimentSpec, by_content: bool = True, train_runtim
         del raw["train"]
     if by_content:
         for data in raw["datasets"].values():
-            data["path"] = data_fingerprint(data["path"])
+            data["path"] = fingerprint(data["path"])
             attributes = data.pop("attributes")  # absent (None) as before the key existed
             if attributes is not None:
-                data["attributes"] = data_fingerprint(attributes)
+                data["attributes"] = fingerprint(attributes)
     return config_key(raw)
 
 
@@ -382,6 +388,7 @@ def execute(experiment: Experiment, backend: Backend, log=print) -> Plan:
     backend = Recording(backend, experiment)
     experiment.note_failures([], {})  # failed.json readable from here on (a damaged one is said and replaced)
     write_dataset_summaries(experiment)
+    publish(experiment.data_files, store, log)  # on object storage, for the nodes without the files
     teachers = all_teachers(plan)
     experiment.adopt(teachers + [t.job for t in plan.trials], log)
     todo = missing(teachers, store)

@@ -50,6 +50,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from csrec.config import Resources
+from csrec.datafiles import use as use_data_files
 from csrec.errors import CSRecError, first_line
 from csrec.jobs import evaluate_weights, read_result, train_job
 from csrec.methods import Job
@@ -61,7 +62,7 @@ from csrec.runner.scheduler import BEST_METRIC, EPOCH, stage_scheduler
 from csrec.runner.signals import handlers_kept, sigterm_as_ctrl_c
 from csrec.runner.tune_tracking import tracking_callbacks
 from csrec.runner.trials import record_stopped, run_trial
-from csrec.storage import RemotePath, remove_tree, tune_storage
+from csrec.storage import RemotePath, remove_tree, tune_storage, work_dir
 from csrec.store import Store, write_json_atomic
 from csrec.train import cap_gpu_memory, device_record, set_tf32
 from csrec.tensorboard import FOLDER, job_folder
@@ -252,20 +253,29 @@ def threads(resources: Resources) -> int:
     return max(1, int(resources.cpu))
 
 
-def _train_model_task(job: Job, store_root: str, work_dir: str, num_threads: int, experiment_dir: str,
-                      on_epoch_end=None) -> tuple[str, str]:
-    """Returns the job's key and the Ray node it ran on (logged: where did the teachers go);
-    `on_epoch_end`: its epochs to the driver's live view (csrec.runner.progress.TeacherEpochs)."""
+def on_node(store_root: str, files: dict[str, str], num_threads: int) -> Store:
+    """A task's start on its node: torch's threads, the driver's data files (csrec.datafiles: read
+    here, or from the store when this node lacks them); the store. Epoch checkpoints go to this
+    node's work folder (csrec.storage.work_dir), never to a path of the driver's."""
     import torch
 
     torch.set_num_threads(num_threads)
+    use_data_files(files, store_root)
+    return Store(store_root)
+
+
+def _train_model_task(job: Job, store_root: str, files: dict[str, str], num_threads: int, experiment_dir: str,
+                      on_epoch_end=None) -> tuple[str, str]:
+    """Returns the job's key and the Ray node it ran on (logged: where did the teachers go);
+    `on_epoch_end`: its epochs to the driver's live view (csrec.runner.progress.TeacherEpochs)."""
+    store = on_node(store_root, files, num_threads)
     job = on_granted_device(job)
-    train_job(job, Store(store_root), Path(work_dir), on_epoch_end,
+    train_job(job, store, work_dir(store.root), on_epoch_end,
               curves=job_folder(experiment_dir, "teachers", job.describe(), job.key))
     return job.key, ray.get_runtime_context().get_node_id()
 
 
-def student_trainable(config: dict, trials: list[Trial], store_root: str, work_dir: str, num_threads: int,
+def student_trainable(config: dict, trials: list[Trial], store_root: str, files: dict[str, str], num_threads: int,
                       experiment_dir: str, stage: str) -> None:
     """One Tune trial: the student `trials[config["point"]]` of the stage's trial list; its curves go
     to csrec.tensorboard.job_folder(experiment_dir, stage, ...).
@@ -278,12 +288,12 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
     import torch
 
     began_at = time.time()
-    torch.set_num_threads(num_threads)
+    store = on_node(store_root, files, num_threads)
     trial = trials[config["point"]]
     trial = dataclasses.replace(trial, job=on_granted_device(trial.job))
     device = trial.job.train.device
-    store = Store(store_root)
-    checkpoint_file = Path(work_dir) / trial.job.key / "last.pt"
+    node_work = work_dir(store.root)
+    checkpoint_file = node_work / trial.job.key / "last.pt"
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry: go on from the last reported epoch (a damaged file is discarded by fit)
         checkpoint_file.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +317,7 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *args, **kwargs: said.append(str(message))
-            result = run_trial(trial, store, Path(work_dir), report_epoch,
+            result = run_trial(trial, store, node_work, report_epoch,
                                job_folder(experiment_dir, stage, trial.label(), trial.job.key))
     finally:  # the actor runs the next trial (reuse_actors): give back the GPU memory torch cached
         if device != "cpu":
@@ -321,11 +331,9 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, work_d
                  "began_at": began_at, "ended_at": time.time()})
 
 
-def _evaluate_task(job: Job, weights: dict, num_threads: int) -> tuple:
+def _evaluate_task(job: Job, weights: dict, store_root: str, files: dict[str, str], num_threads: int) -> tuple:
     """A stopped point's best weights, evaluated on the device Ray granted the task (jobs.evaluate_weights)."""
-    import torch
-
-    torch.set_num_threads(num_threads)
+    on_node(store_root, files, num_threads)
     job = on_granted_device(job)
     return evaluate_weights(job, weights, job.train.device)
 
@@ -386,11 +394,12 @@ class RayBackend:
                 self.log(f"warning: train.device is 'cpu': the {resources.gpu:g} GPU per task of {name} is "
                          "reserved but unused")
 
-    def _evaluator(self, spec):
+    def _evaluator(self, experiment):
         """evaluate(job, weights) for record_stopped: a Ray task with the trial's resources."""
-        resources = self.request("trial_resources", spec)
+        resources = self.request("trial_resources", experiment.spec)
         task = as_task(_evaluate_task, resources)
-        return lambda job, weights: ray.get(task.remote(job, weights, threads(resources)))
+        store_root, files = str(experiment.store.root), experiment.data_files
+        return lambda job, weights: ray.get(task.remote(job, weights, store_root, files, threads(resources)))
 
     def train_models(self, jobs: list[Job], experiment) -> None:
         resources = self.request("teacher_resources", experiment.spec)
@@ -408,7 +417,7 @@ class RayBackend:
                 for key, job in list(pending.items()):
                     if not any(t.key in pending or t.key in running.values() for t in job.teachers):
                         tracker.start(job.describe(), "teachers", "teacher", tracking_params(job, "teachers"))
-                        ref = task.remote(job, str(experiment.store.root), str(experiment.work_dir),
+                        ref = task.remote(job, str(experiment.store.root), experiment.data_files,
                                           threads(resources), str(experiment.directory), epochs.reporter(job.describe()))
                         running[ref] = key
                         del pending[key]
@@ -432,7 +441,7 @@ class RayBackend:
         """The stage's trials in one Tuner; returns trial key -> error of those that failed. A trial
         the scheduler stopped (in an earlier driver too) gets its record instead of a Tune trial."""
         trials = record_stopped(trials, experiment.store, experiment.work_dir, self.log,
-                                self._evaluator(experiment.spec))
+                                self._evaluator(experiment))
         if not trials:
             return {}
         return self._tune(stage, trials, self._grid_searcher(f"{experiment.spec.name}-{stage}", len(trials)),
@@ -461,8 +470,8 @@ class RayBackend:
 
     def _tune(self, stage: str, trials: list[Trial], searcher, experiment) -> dict[str, str]:
         """Run the Tune experiment `stage` over `trials` in a new folder (module docstring)."""
-        spec, work_dir = experiment.spec, experiment.work_dir
-        scheduler = stage_scheduler(stage, trials, spec.scheduler, spec.train.max_epochs, experiment.store, work_dir)
+        spec, work = experiment.spec, experiment.work_dir
+        scheduler = stage_scheduler(stage, trials, spec.scheduler, spec.train.max_epochs, experiment.store, work)
         resources = self.request("trial_resources", experiment.spec)
         tune_dir = experiment.directory / "tune"
         path = tune_dir / stage
@@ -476,7 +485,7 @@ class RayBackend:
         write_json_atomic(tune_dir / f"{stage}.trials.json", [t.record() | {"label": t.label()} for t in trials])
         trainable = tune.with_resources(
             tune.with_parameters(student_trainable, trials=trials, store_root=str(experiment.store.root),
-                                 work_dir=str(experiment.work_dir), num_threads=threads(resources),
+                                 files=experiment.data_files, num_threads=threads(resources),
                                  experiment_dir=str(experiment.directory), stage=stage),
             {"cpu": resources.cpu, "gpu": resources.gpu},
         )
@@ -502,8 +511,8 @@ class RayBackend:
         with handlers_kept():  # Tune's Ctrl-C handler must not outlive its stage
             results = tuner.fit()
         stopped = set(getattr(scheduler, "stopped", {}))
-        _fetch_stopped_checkpoints(results, trials, stopped, work_dir)
-        record_stopped(trials, experiment.store, work_dir, self.log, self._evaluator(spec))
+        _fetch_stopped_checkpoints(results, trials, stopped, work)
+        record_stopped(trials, experiment.store, work, self.log, self._evaluator(experiment))
         # Tune ends `fit` quietly on Ctrl-C (it saves its state and returns): a trial that neither
         # finished (its last report says done) nor failed, or was never started, means the stage was
         # stopped. Say so and stop the run, never go on to the next stage as if it had finished.
