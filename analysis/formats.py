@@ -12,8 +12,11 @@ import pandas as pd
 
 from analysis.collect import collect, select
 from analysis.published import to_published
-from analysis.tables import build_table, to_csv, to_latex, to_markdown
+from analysis.significance import LEVEL, seed_power
+from analysis.tables import (DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, build_table, metric_name, to_csv, to_latex,
+                             to_markdown)
 from csrec.errors import CSRecError
+from csrec.metrics import metric_name as canonical_metric
 
 FORMATS = ("md", "latex", "csv", "published")
 
@@ -47,10 +50,6 @@ def seed_power_table(experiment_dir: str | Path, fmt: str = "md", metrics=("reca
     """`launch.py power DIR`: per cell against `versus`, the observed difference of the runs' means, each
     side's seed sd, the exact permutation test's p and the seeds per method that would detect the
     difference with `power` at the tables' level (analysis.significance.seed_power)."""
-    from analysis.significance import LEVEL, seed_power
-    from analysis.tables import DATASET_NAMES, METHOD_NAMES, MODEL_NAMES, metric_name
-    from csrec.metrics import metric_name as canonical_metric
-
     if fmt not in POWER_FORMATS:
         raise CSRecError(f"format {fmt!r}: use one of {', '.join(POWER_FORMATS)}")
     if not 0 < power < 1:

@@ -53,7 +53,10 @@ class Cluster:
         self.mark = uuid.uuid4().hex
         token = self.folder / "auth_token"
         token.write_text(secrets.token_hex(32))
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        # Without this process's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set by a Ray started in it by an
+        # earlier test (csrec.runner.ray_backend._loopback_only): `ray start --address` refuses under it.
+        left_out = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        self.env = {k: v for k, v in os.environ.items() if k not in left_out} | {
             "RAY_TMPDIR": str(self.folder), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
             "OMP_NUM_THREADS": "1", MARK: self.mark}
         self.address = f"127.0.0.1:{free_port()}"

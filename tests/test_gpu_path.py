@@ -374,19 +374,19 @@ def test_a_trial_granted_no_gpu_runs_on_the_cpu_and_records_it(tmp_path, gpu_ray
 def test_a_stopped_point_is_evaluated_as_a_ray_task_with_the_trials_resources(tmp_path, gpu_ray):
     """The driver's evaluator of stopped points (record_stopped): granted half a GPU it fails as a
     trial would here (torch has no CUDA), granted none it gives the scores of the CPU."""
-    from csrec.config import load_spec
     from csrec.jobs import evaluate_weights, splits_for
+    from csrec.runner.experiment import Experiment
     from csrec.runner.plan import make_plan
     from csrec.runner.ray_backend import RayBackend
 
-    spec = load_spec(smoke_spec(tmp_path, "e", trial_resources={"cpu": 1, "gpu": 0.5}))
-    (trial,) = make_plan(spec).trials
+    experiment = Experiment.open(smoke_spec(tmp_path, "e", trial_resources={"cpu": 1, "gpu": 0.5}), log=quiet)
+    (trial,) = make_plan(experiment.spec).trials
     data = splits_for(trial.job).data
     weights = build_model("gru4rec", data.n_items, data.max_len, **dict(trial.job.model_overrides)).state_dict()
     with pytest.raises(Exception, match="Ray granted this job GPU [01] but torch .* sees no CUDA device"):
-        RayBackend(log=quiet)._evaluator(spec)(trial.job, weights)
-    cpu_spec = load_spec(smoke_spec(tmp_path, "f", trial_resources={"cpu": 1, "gpu": 0}))
-    metrics, frame = RayBackend(log=quiet)._evaluator(cpu_spec)(trial.job, weights)
+        RayBackend(log=quiet)._evaluator(experiment)(trial.job, weights)
+    on_cpu = Experiment.open(smoke_spec(tmp_path, "f", trial_resources={"cpu": 1, "gpu": 0}), log=quiet)
+    metrics, frame = RayBackend(log=quiet)._evaluator(on_cpu)(trial.job, weights)
     local_metrics, local_frame = evaluate_weights(trial.job, weights, "cpu")
     assert metrics == local_metrics
     assert frame.equals(local_frame)

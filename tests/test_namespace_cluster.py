@@ -126,16 +126,20 @@ class NamespaceCluster:
 
     def __init__(self, folder: Path):
         subnet = free_subnet()
+        self.folder = folder
         self.head_ip, self.worker_ip = (str(subnet.network_address + i) for i in (1, 2))
         self.s3 = f"http://{self.head_ip}:{S3_PORT}"
-        env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "RAY_AUTH_MODE": "token", "AWS_ENDPOINT_URL_S3": self.s3, "AWS_ACCESS_KEY_ID": "dummy-key-id",
-               "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-        self.nodes: list[Node] = []
+        self.env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                    "RAY_AUTH_MODE": "token", "AWS_ENDPOINT_URL_S3": self.s3, "AWS_ACCESS_KEY_ID": "dummy-key-id",
+                    "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+        self.nodes: list[Node] = []  # each one as soon as it exists: `end` ends what `start` made
         self.veth = f"csr{secrets.token_hex(3)}"
-        self.head = self._node("head", folder / "head", self.head_ip, env)
-        self.worker = self._node("worker", folder / "worker", self.worker_ip, env)
+
+    def start(self, log: Path) -> None:
+        for name, address in (("head", self.head_ip), ("worker", self.worker_ip)):
+            self.nodes.append(Node(name, self.folder / name, address, self.env))
+        self.head, self.worker = self.nodes
         subprocess.run(["ip", "link", "add", "name", f"{self.veth}h", "netns", str(self.head.pid), "type", "veth",
                         "peer", "name", f"{self.veth}w", "netns", str(self.worker.pid)],
                        check=True, capture_output=True)
@@ -146,13 +150,6 @@ class NamespaceCluster:
                          ["ip", "addr", "add", f"{node.address}/24", "dev", self.veth + end],
                          ["ip", "link", "set", self.veth + end, "up"]):
                 node.run(*step)
-
-    def _node(self, name: str, folder: Path, address: str, env: dict) -> Node:
-        node = Node(name, folder, address, env)
-        self.nodes.append(node)
-        return node
-
-    def start(self, log: Path) -> None:
         self.moto = self.head.start(sys.executable, "-m", "moto.server", "-H", self.head_ip, "-p", str(S3_PORT),
                                     log=log)
         self.head.python(f"""

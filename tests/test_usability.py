@@ -289,9 +289,10 @@ def test_quiet_train_prints_the_results_only(tmp_path, capsys, monkeypatch):
 
 # 2. Teachers report epochs as trials do.
 
-def test_teachers_report_their_epochs_to_the_progress(tmp_path):
+def teachers_with_progress(tmp_path, backend) -> list:
+    """CSRec-M's two teachers trained by `backend` on the smoke data; every `epochs` block of the
+    progress the experiment recorded meanwhile."""
     from csrec.runner.experiment import Experiment, all_teachers
-    from csrec.runner.local_backend import LocalBackend
     from csrec.runner.plan import make_plan
 
     spec = write_smoke_spec(tmp_path, "t", methods=["base", "csrec-m"], seeds=[0],
@@ -301,7 +302,14 @@ def test_teachers_report_their_epochs_to_the_progress(tmp_path):
     snapshots = []
     record = experiment.progress
     experiment.progress = lambda **fields: (snapshots.append(fields.get("epochs")), record(**fields))
-    LocalBackend(quiet).train_models(all_teachers(make_plan(experiment.spec)), experiment)
+    backend.train_models(all_teachers(make_plan(experiment.spec)), experiment)
+    return snapshots
+
+
+def test_teachers_report_their_epochs_to_the_progress(tmp_path):
+    from csrec.runner.local_backend import LocalBackend
+
+    snapshots = teachers_with_progress(tmp_path, LocalBackend(quiet))
     seen = [s for s in snapshots if s and s["running"]]
     assert seen and all(s["stage"] == "teachers" and s["total"] == 2 for s in seen)
     epoch = next(iter(seen[0]["running"].values()))
@@ -330,19 +338,10 @@ def test_train_writes_curves_and_an_hparams_session(tmp_path):
 
 
 def test_teacher_tasks_on_ray_report_their_epochs_to_the_driver(tmp_path, ray_session):
-    from csrec.runner.experiment import Experiment, all_teachers
-    from csrec.runner.plan import make_plan
     from csrec.runner.ray_backend import RayBackend
 
-    spec = write_smoke_spec(tmp_path, "r", methods=["base", "csrec-m"], seeds=[0],
-                            search={"csrec-m": {"beta": [0.5], "temperature": [3.0]}})
-    experiment = Experiment.open(spec, log=quiet)
-    experiment.initialise(spec)
-    snapshots = []
-    record = experiment.progress
-    experiment.progress = lambda **fields: (snapshots.append(fields.get("epochs")), record(**fields))
     lines = []
-    RayBackend(log=lines.append).train_models(all_teachers(make_plan(experiment.spec)), experiment)
+    snapshots = teachers_with_progress(tmp_path, RayBackend(log=lines.append))
     seen = [s for s in snapshots if s and s["stage"] == "teachers"]
     epochs = sorted(r["epoch"] for s in seen for r in s["running"].values())
     assert epochs and set(epochs) <= {1, 2} and seen[-1]["finished"] == 2 and not seen[-1]["running"]
