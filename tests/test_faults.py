@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_smoke_spec
-from test_runner import Driver, assert_same_results, created, progress, results
+from test_runner import ROOT, Driver, assert_same_results, created, progress, results
 
 import launch
 from analysis import comparison_table
@@ -330,6 +330,29 @@ def test_ray_tuner_pkl_window_then_sigterm_then_resume(tmp_path, reference, refe
     finally:
         driver.close()
     assert comparison_table(directory) == reference_table
+
+
+def test_sigterm_stops_a_driver_started_in_the_background_of_a_script(tmp_path):
+    """`csrec run SPEC &` in a script (no job control) starts the driver with SIGINT ignored; SIGTERM
+    (Slurm, Kubernetes, `timeout`, kill) must still stop it as Ctrl-C does: it did nothing there."""
+    spec = write_smoke_spec(tmp_path, "bg", train={"max_epochs": 200, "patience": 200, "batch_size": 64,
+                                                   "progress": False, "num_threads": 1})
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "launch.py", "run", str(spec), "--local"], cwd=ROOT,
+                                   env=os.environ | {"PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 120
+        while "to train" not in log.read_text():
+            assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)  # into the first teacher's epochs
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
+    finally:
+        process.kill()
+    assert "interrupted: finished work is kept" in log.read_text() and "Traceback" not in log.read_text()
 
 
 def test_a_request_no_node_can_hold_is_refused_before_anything_is_written(tmp_path):

@@ -23,8 +23,16 @@ def sigterm_as_ctrl_c():
     """Install the handler; returns the one it replaces (None off the main thread, where signal
     handlers cannot be set)."""
     if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+        return signal.signal(signal.SIGTERM, _as_ctrl_c)
     return None
+
+
+def _as_ctrl_c(signum, frame) -> None:
+    # A driver started in the background by a script (`csrec run SPEC &`, no job control) has SIGINT
+    # ignored from its start, which would make SIGTERM do nothing: it stops as Ctrl-C would instead.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager
