@@ -3,8 +3,9 @@ object storage exists for (issue #24).
 
 Each node is a network, a mount and a host-name namespace of its own, held open by a `sleep`
 process (`unshare --net --mount --uts`): its own host name; its /tmp a folder of this test's own
-(bound over /tmp, so what one node writes there the other cannot see); its /dev/shm a tmpfs of its
-own; its HOME inside its /tmp, under a name of its own (/tmp/home-head, /tmp/home-worker).
+(bound over /tmp, so what one node writes there the other cannot see), but for /tmp/shared, which
+both see (a shared file system); its /dev/shm a tmpfs of its own; its HOME inside its /tmp, under a
+name of its own (/tmp/home-head, /tmp/home-worker).
 The two are joined by a veth pair made inside the namespaces (never on the host) with addresses of
 a 10.213.X.0/24 that no host interface has. The head runs Ray's head, the S3-protocol test server
 (moto, on the head's veth address, reachable from both) and the driver; the other node runs a Ray
@@ -66,11 +67,12 @@ def shown_paths() -> list[Path]:
 class Node:
     """A process holding a network and a mount namespace open; commands run inside through nsenter."""
 
-    def __init__(self, name: str, folder: Path, address: str, env: dict[str, str]):
+    def __init__(self, name: str, folder: Path, address: str, env: dict[str, str], shared: Path):
         self.name, self.folder, self.address = name, folder, address
         folder.mkdir(parents=True)
-        binds = "".join(f"mkdir -p '{folder / p.relative_to('/tmp')}' && mount --bind '{p}' "
-                        f"'{folder / p.relative_to('/tmp')}' && " for p in shown_paths())
+        places = [(p, p.relative_to("/tmp")) for p in shown_paths()] + [(shared, "shared")]
+        binds = "".join(f"mkdir -p '{folder / inside}' && mount --bind '{host}' '{folder / inside}' && "
+                        for host, inside in places)
         script = (f"set -e; hostname csrec-{name}; {binds}mount --rbind '{folder}' /tmp && "
                   f"mount -t tmpfs -o size=1g tmpfs /dev/shm && mkdir -p /tmp/home-{name} && echo ready && "
                   "exec sleep infinity")
@@ -135,10 +137,12 @@ class NamespaceCluster:
                     "AWS_EC2_METADATA_DISABLED": "true"}
         self.nodes: list[Node] = []  # each one as soon as it exists: `end` ends what `start` made
         self.veth = f"csr{secrets.token_hex(3)}"
+        self.shared = folder / "shared"  # /tmp/shared on both nodes: a file system they share (NFS, say)
 
     def start(self, log: Path) -> None:
+        self.shared.mkdir()
         for name, address in (("head", self.head_ip), ("worker", self.worker_ip)):
-            self.nodes.append(Node(name, self.folder / name, address, self.env))
+            self.nodes.append(Node(name, self.folder / name, address, self.env, self.shared))
         self.head, self.worker = self.nodes
         subprocess.run(["ip", "link", "add", "name", f"{self.veth}h", "netns", str(self.head.pid), "type", "veth",
                         "peer", "name", f"{self.veth}w", "netns", str(self.worker.pid)],
@@ -260,3 +264,25 @@ def test_both_nodes_trained(namespace_run):
     assert [p.read_bytes() for p in cache.glob("artifacts/*/smoke.csv")] == [(final.parent / "exp" / "smoke.csv")
                                                                               .read_bytes()]
     assert not (cluster.worker.folder / "home-head").exists()
+
+
+@pytest.mark.parametrize("storage, data, refused", [
+    ("/tmp/exp/local", "/tmp/shared/smoke.csv", "storage: /tmp/exp/local is not on node csrec-worker"),
+    ("/tmp/shared/runs/x", "/tmp/exp/smoke.csv", "datasets.smoke.path: /tmp/exp/smoke.csv is not on node csrec-worker"),
+])
+def test_a_folder_or_data_file_a_node_lacks_is_refused_before_anything_trains(namespace_run, storage, data, refused):
+    # Storage in a folder (no object storage) on a cluster: every node must see it and the data files.
+    cluster, _, _ = namespace_run
+    head = cluster.head
+    shutil.copy(head.folder / "exp" / "smoke.csv", cluster.shared / "smoke.csv")
+    raw = yaml.safe_load((head.folder / "exp" / "smoke.yaml").read_text())
+    raw["storage"], raw["datasets"]["smoke"]["path"] = storage, data
+    (head.folder / "exp" / "folder.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = subprocess.run(head.command(sys.executable, "launch.py", "run", "/tmp/exp/folder.yaml", "--address",
+                                       f"{cluster.head_ip}:{RAY_PORT}"), env=head.env, capture_output=True, text=True,
+                          timeout=300)
+    said = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(said) == 1 and refused in said[0], done.stderr[-3000:]
+    assert f"({cluster.worker_ip})" in said[0] and "object storage" in said[0]
+    made = head.folder / "exp" / "local" if storage.startswith("/tmp/exp") else cluster.shared / "runs"
+    assert not made.exists()  # refused before anything was written, the folders made for the check gone again

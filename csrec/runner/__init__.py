@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from csrec import tracking
+from csrec.errors import CSRecError
 from csrec.jobs import MODELS
 from csrec.runner.experiment import (SPEC_FILE, Experiment, all_teachers, execute, failed_trials_error, missing,
                                      reuse_stores)
@@ -46,7 +47,15 @@ def run_experiment(spec_path: str | Path, dry_run: bool = False, address: str | 
 
         backend = RayBackend(address, log)
     backend.check(experiment.spec)  # before anything is written: a request no node holds waits forever
-    experiment.directory.mkdir(parents=True, exist_ok=True)  # nothing to make on object storage
+    folder = experiment.directory
+    made = [p for p in (folder, *folder.parents) if not p.exists()] if isinstance(folder, Path) else []
+    folder.mkdir(parents=True, exist_ok=True)  # nothing to make on object storage
+    try:
+        backend.check_nodes(experiment)  # a cluster's nodes see the folder and the data files
+    except CSRecError:
+        for path in made:  # refused: the folders made for it go again (the deepest first)
+            path.rmdir()
+        raise
     with experiment_lock(experiment.directory, log):
         recorded = read_json(experiment.directory / "experiment.json") or {}
         experiment.initialise(spec_path)

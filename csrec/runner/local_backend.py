@@ -25,6 +25,9 @@ class LocalBackend:
             raise CSRecError(f"scheduler: {spec.scheduler.kind} is Ray Tune's early stopping; run without --local, "
                              "or set scheduler: fifo to train every point in this process")
 
+    def check_nodes(self, experiment) -> None:
+        """One machine: the experiment's folder and data files are where the driver has them."""
+
     def train_models(self, jobs: list[Job], experiment) -> None:
         epochs = EpochProgress(experiment, "teachers", len(jobs), 1, self.log)  # as the trials' (status, live line)
         with closing(open_tracker(experiment)) as tracker:  # the library's own API (csrec.tracking), as under Ray

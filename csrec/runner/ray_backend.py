@@ -39,6 +39,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 import warnings
 from contextlib import closing
 from pathlib import Path
@@ -48,6 +49,7 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from csrec.config import Resources
 from csrec.datafiles import use as use_data_files
@@ -78,6 +80,7 @@ WAIT_FOR_GPUS = "CSREC_WAIT_FOR_GPUS"
 RESOURCE_UNIT = 10_000
 
 
+NODE_CHECK_TIMEOUT_S = 120  # RayBackend.check_nodes: a node busy starting a worker process
 CONNECT_TIMEOUT_S = 10  # Ray itself retries an address where nothing answers for minutes, without a word
 
 
@@ -331,6 +334,12 @@ def student_trainable(config: dict, trials: list[Trial], store_root: str, files:
                  "began_at": began_at, "ended_at": time.time()})
 
 
+@ray.remote(num_cpus=0)
+def _missing_here(paths: dict[str, str]) -> tuple[str, list[str]]:
+    """On one node (RayBackend.check_nodes): its host name, and the names of `paths` it cannot see."""
+    return socket.gethostname(), [name for name, path in paths.items() if not os.path.exists(path)]
+
+
 def _evaluate_task(job: Job, weights: dict, store_root: str, files: dict[str, str], num_threads: int) -> tuple:
     """A stopped point's best weights, evaluated on the device Ray granted the task (jobs.evaluate_weights)."""
     on_node(store_root, files, num_threads)
@@ -393,6 +402,37 @@ class RayBackend:
             if spec.train.device == "cpu" and resources.gpu > 0:
                 self.log(f"warning: train.device is 'cpu': the {resources.gpu:g} GPU per task of {name} is "
                          "reserved but unused")
+
+    def check_nodes(self, experiment) -> None:
+        """On a cluster the user named, with the experiment in a folder (not on object storage): every
+        node up now must see that folder (a file written here is looked for there) and the spec's data
+        files at their paths, or the run is refused in one line before anything trains: a node's
+        tasks would write models the driver never sees, or fail one by one. Nodes that join later
+        are not checked. Object storage needs no check: data files travel through it (csrec.datafiles)."""
+        if not self.joined or isinstance(experiment.directory, RemotePath):
+            return
+        marker = experiment.directory / f".csrec-node-check-{uuid.uuid4().hex}"
+        marker.write_text("written by the driver; removed once every node has looked for it\n")
+        try:
+            paths = {"storage": str(marker), **{f"datasets.{name}.path": str(config.path)
+                                                for name, config in experiment.spec.datasets.items()}}
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            looks = {n["NodeManagerAddress"]: _missing_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n["NodeID"], soft=False)).remote(paths) for n in nodes}
+            for address, ref in looks.items():
+                host, missing = ray.get(ref, timeout=NODE_CHECK_TIMEOUT_S)
+                if missing:
+                    name = missing[0]
+                    what = experiment.directory if name == "storage" else paths[name]
+                    raise CSRecError(f"{name}: {what} is not on node {host} ({address}) of the cluster; nodes share "
+                                     "nothing at that path: put it on a file system every node mounts at the same "
+                                     "path, or the experiment on object storage (storage: s3://...), which carries "
+                                     "the data files to the nodes")
+        except ray.exceptions.GetTimeoutError:
+            self.log(f"warning: a node did not answer within {NODE_CHECK_TIMEOUT_S} s whether it sees "
+                     f"{experiment.directory}; going on")
+        finally:
+            marker.unlink(missing_ok=True)
 
     def _evaluator(self, experiment):
         """evaluate(job, weights) for record_stopped: a Ray task with the trial's resources."""
