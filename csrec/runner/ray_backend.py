@@ -414,8 +414,11 @@ class RayBackend:
         marker = experiment.directory / f".csrec-node-check-{uuid.uuid4().hex}"
         marker.write_text("written by the driver; removed once every node has looked for it\n")
         try:
-            paths = {"storage": str(marker), **{f"datasets.{name}.path": str(config.path)
-                                                for name, config in experiment.spec.datasets.items()}}
+            paths = {"storage": str(marker)}
+            for name, config in experiment.spec.datasets.items():
+                paths[f"datasets.{name}.path"] = str(config.path)
+                if config.attributes is not None:  # S3Rec's pretraining reads it on a node
+                    paths[f"datasets.{name}.attributes"] = str(config.attributes)
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             looks = {n["NodeManagerAddress"]: _missing_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                 n["NodeID"], soft=False)).remote(paths) for n in nodes}
