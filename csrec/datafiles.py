@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from csrec.errors import CSRecError
 from csrec.storage import RemotePath
-from csrec.store import Store, file_sha256
+from csrec.store import META, Store, file_sha256
 
 KIND = "data"
 _GIVEN: dict[str, tuple[str, str]] = {}  # path -> (fingerprint, store root) from the driver (`use`)
@@ -79,7 +79,7 @@ def local_path(path: str | Path) -> str:
     key = digest.removeprefix("sha256:")
     if isinstance(store.root, RemotePath) and store.verify(KIND, key):
         folder = store.require(KIND, key, f"the data file {path}")
-        (name,) = [p.name for p in folder.iterdir() if p.name != "meta.json"]
+        (name,) = [p.name for p in folder.iterdir() if p.name != META]
         return str(folder / name)
     problem = "holds other content than the driver's" if here else "is not on this node"
     raise CSRecError(f"data file {path} {problem} ({socket.gethostname()}), and the store {store.root} holds no copy: "
